@@ -1,0 +1,46 @@
+"""The `routevit` command line: one subcommand per module in this package.
+
+Each module `toolchain/cli/<name>.py` defines a click command object named `command`;
+it is registered here lazily so `routevit --help` does not import TensorFlow.
+"""
+import importlib
+
+import click
+
+import toolchain  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TF import)
+
+# command name -> module under toolchain.cli
+COMMANDS = {
+    "summarize": "summarize",
+    "train": "train",
+    "quantize": "quantize",
+    "export": "export",
+    "evaluate": "evaluate",
+    "generate": "generate",
+    "setup-tflm": "setup_tflm",
+    "build": "build",
+    "emulate": "emulate",
+    "boards": "boards",
+    "demo": "demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name, mod in COMMANDS.items() if _module_exists(mod))
+
+    def get_command(self, ctx, name):
+        mod = COMMANDS.get(name)
+        if mod is None or not _module_exists(mod):
+            return None
+        return importlib.import_module(f"toolchain.cli.{mod}").command
+
+
+def _module_exists(mod: str) -> bool:
+    return importlib.util.find_spec(f"toolchain.cli.{mod}") is not None
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(toolchain.__version__, prog_name="routevit")
+def main():
+    """routevit: routed MobileViTV2 -> int8 -> TFLite Micro firmware -> QEMU/Renode/board."""
