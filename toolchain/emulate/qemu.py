@@ -1,0 +1,93 @@
+"""QEMU backend: run a firmware ELF under qemu-system-arm with its UART on a local TCP socket.
+
+`-icount shift=0` makes the guest's SysTick count instructions exactly and repeatably (see
+ARCHITECTURE.md "Boards and emulators"); semihosting lets the firmware end QEMU with an exit
+code; `wait=on` keeps the guest from starting before the host is connected, so no byte the
+firmware prints at boot is lost.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from toolchain.emulate.link import Link, connect_socket, free_tcp_port
+from toolchain.emulate.process import EmulatorProcess
+from toolchain.errors import RoutevitError
+
+log = logging.getLogger("routevit")
+
+QEMU_BINARY = "qemu-system-arm"
+_PORT_ATTEMPTS = 4
+
+
+def qemu_binary() -> str:
+    path = shutil.which(QEMU_BINARY)
+    if path is None:
+        raise RoutevitError(
+            f"{QEMU_BINARY}: not found on PATH; install QEMU (Debian: apt-get install qemu-system-arm)")
+    return path
+
+
+def qemu_argv(machine: str, elf: Path, serial_spec: str, binary: str = QEMU_BINARY) -> list[str]:
+    """The QEMU command line for one run; `serial_spec` is e.g. tcp:127.0.0.1:PORT,server=on,wait=on."""
+    return [
+        binary, "-M", machine, "-nographic", "-monitor", "none",
+        "-icount", "shift=0",
+        "-semihosting-config", "enable=on,target=native",
+        "-serial", serial_spec,
+        "-kernel", str(elf),
+    ]
+
+
+def open_qemu(elf: Path, machine: str, *, connect_timeout_s: float = 20.0,
+              workdir: Path | None = None) -> Link:
+    """Start QEMU on `elf` and return a Link connected to its UART (the caller closes it)."""
+    elf = Path(elf)
+    if not elf.is_file():
+        raise RoutevitError(f"{elf}: firmware ELF not found; run `routevit build` on the project first")
+    binary = qemu_binary()
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="routevit-qemu-"))
+    for attempt in range(_PORT_ATTEMPTS):
+        port = free_tcp_port()
+        argv = qemu_argv(machine, elf, f"tcp:127.0.0.1:{port},server=on,wait=on", binary)
+        proc = EmulatorProcess(argv, "qemu", workdir / f"qemu-{port}.log").start()
+        try:
+            serial_port = connect_socket(port, proc, connect_timeout_s)
+        except RoutevitError:
+            output = proc.tail(4000)
+            proc.kill()
+            # Another program took the port between our probe and QEMU's bind: try another.
+            if "Address already in use" in output and attempt + 1 < _PORT_ATTEMPTS:
+                log.info("port %d taken before QEMU bound it; retrying", port)
+                continue
+            raise
+        except BaseException:
+            proc.kill()
+            raise
+        return Link(port=serial_port, backend="qemu", target=f"qemu {machine}", emulator=proc,
+                    extra={"tcp_port": port, "argv": argv})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def open_qemu_pty(elf: Path, machine: str, *, timeout_s: float = 20.0,
+                  workdir: Path | None = None) -> tuple[EmulatorProcess, str]:
+    """Start QEMU with its UART on a pseudo-terminal (a real serial device node, like a board's
+    /dev/ttyACM0) and return (process, "/dev/pts/N"). Used to drive `evaluate --port` with QEMU
+    standing in for the board."""
+    binary = qemu_binary()
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="routevit-qemu-"))
+    argv = qemu_argv(machine, Path(elf), "pty", binary)
+    proc = EmulatorProcess(argv, "qemu", workdir / "qemu-pty.log").start()
+    try:
+        if not proc.wait_for_log("char device redirected to", timeout_s):
+            raise RoutevitError(f"qemu: did not report its pty within {timeout_s:.0f} s; "
+                                f"its output: {proc.tail(800) or '(none)'}")
+        text = proc.tail(1 << 16)
+        line = text[text.index("char device redirected to"):].split("\n")[0]
+        device = line.split("redirected to", 1)[1].split()[0]
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, device
