@@ -1,0 +1,1 @@
+"""Firmware project generator: jinja2 templates -> TFLM C++ project + memory report."""
