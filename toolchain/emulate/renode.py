@@ -1,5 +1,5 @@
-"""Renode backend: a `.resc` (+ a generated `.repl` for MPS boards) and a `.robot` suite per
-board, and a runner that starts Renode headless with the UART on a TCP server socket.
+"""Renode backend: start Renode headless on the project's `renode/run.resc` (written by
+`routevit generate`) with the UART on a TCP server socket, and connect the session to it.
 
 Renode is on no package registry reachable here (ARCHITECTURE.md), so this backend runs where
 `renode` is on PATH and is skipped with a clear reason elsewhere. Facts it relies on (Renode
@@ -15,12 +15,8 @@ import shutil
 import tempfile
 import time
 import xmlrpc.client
-import zlib
 from pathlib import Path
 
-import jinja2
-
-from toolchain import __version__
 from toolchain.emulate.link import Link, connect_socket, free_tcp_port
 from toolchain.emulate.process import EmulatorProcess
 from toolchain.errors import RoutevitError
@@ -28,9 +24,9 @@ from toolchain.errors import RoutevitError
 log = logging.getLogger("routevit")
 
 RENODE_BINARY = "renode"
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "firmware_templates" / "renode"
-DEFAULT_UART_PORT = 3456
-HELLO_REQUEST = bytes([0x01, 0x00, 0x00, 0x00])  # type, seq, length (LE) = what the CRC covers
+# The project's Renode script (firmware_templates/project/renode/run.resc.j2, written by
+# `routevit generate`): variables $bin (ELF) and $port (UART server socket); it ends with `start`.
+PROJECT_RESC = Path("renode") / "run.resc"
 
 
 def renode_binary() -> str | None:
@@ -45,63 +41,22 @@ def renode_missing_reason() -> str | None:
     return None
 
 
-def _file_names(board_id: str) -> dict[str, str]:
-    return {"resc_name": f"{board_id}.resc", "repl_name": f"{board_id}.repl",
-            "robot_name": f"{board_id}.robot"}
-
-
-def render_renode_files(board) -> dict[str, str]:
-    """{file name: text} of the Renode scripts for `board` (a toolchain.boards.Board).
-
-    Deterministic: the same board gives the same bytes. The generator may write these into
-    PROJ/renode/; the runner renders them itself when a project has none."""
-    renode = board.renode
-    if not renode:
+def project_resc(project_dir: Path, board) -> Path:
+    if not board.renode:
         raise RoutevitError(f"board {board.id}: has no Renode platform in the catalog; use --backend qemu "
-                            "or a board listed with Renode support in `routevit boards`")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), keep_trailing_newline=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    names = _file_names(board.id)
-    generated = renode.get("platform") == "generated"
-    crc = zlib.crc32(HELLO_REQUEST)
-    context = {
-        "version": __version__,
-        "board": board,
-        "cpu_type": renode.get("cpu", board.core),
-        "systick_hz": board.clock_hz,
-        "regions": list(board.regions),
-        "uart_name": renode.get("uart_name", "uart0"),
-        "uart_model": renode.get("uart_model", "UART.CMSDK_APB_UART"),
-        "uart_base": board.uart["base"],
-        "platform_repl": None if generated else renode["platform"],
-        "default_uart_port": DEFAULT_UART_PORT,
-        "hello_crc_bytes": [f"0x{(crc >> (8 * i)) & 0xFF:02X}" for i in range(4)],
-        **names,
-    }
-    files = {names["resc_name"]: env.get_template("board.resc.j2").render(context),
-             names["robot_name"]: env.get_template("board.robot.j2").render(context)}
-    if generated:
-        files[names["repl_name"]] = env.get_template("platform.repl.j2").render(context)
-    return files
+                            "or a board with Renode support (see `routevit boards`)")
+    resc = Path(project_dir) / PROJECT_RESC
+    if not resc.is_file():
+        raise RoutevitError(f"{resc}: missing; regenerate the project with `routevit generate`")
+    return resc.resolve()
 
 
-def write_renode_files(board, out_dir: Path) -> Path:
-    """Write the Renode scripts into `out_dir`; return the .resc path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in render_renode_files(board).items():
-        (out_dir / name).write_text(text)
-    return out_dir / _file_names(board.id)["resc_name"]
-
-
-def find_project_resc(project_dir: Path, board_id: str) -> Path | None:
-    """The project's own .resc (written by `routevit generate`), if any."""
-    renode_dir = Path(project_dir) / "renode"
-    preferred = renode_dir / f"{board_id}.resc"
-    if preferred.is_file():
-        return preferred
-    found = sorted(renode_dir.glob("*.resc")) if renode_dir.is_dir() else []
-    return found[0] if found else None
+def renode_argv(resc: Path, elf: Path, uart_port: int, robot_port: int) -> list[str]:
+    """Headless Renode running the project's script on `elf`, UART on 127.0.0.1:uart_port."""
+    return [renode_binary() or RENODE_BINARY, "--disable-gui", "--plain",
+            "--robot-server-port", str(robot_port),
+            "-e", f"$bin=@{elf}", "-e", f"$port={uart_port}",
+            "-e", f"include @{resc}"]
 
 
 class RenodeMonitor:
@@ -142,23 +97,18 @@ def _wait_for_monitor(monitor: RenodeMonitor, proc: EmulatorProcess, timeout_s: 
 
 def open_renode(project_dir: Path, elf: Path, board, *, connect_timeout_s: float = 120.0,
                 workdir: Path | None = None) -> Link:
-    """Start Renode on `elf` with the project's (or freshly rendered) .resc; return a Link."""
+    """Start Renode on `elf` with the project's run.resc; return a Link to its UART socket."""
     reason = renode_missing_reason()
     if reason:
         raise RoutevitError(reason)
     elf = Path(elf).resolve()
     if not elf.is_file():
         raise RoutevitError(f"{elf}: firmware ELF not found; run `routevit build` on the project first")
+    resc = project_resc(project_dir, board)
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="routevit-renode-"))
-    resc = find_project_resc(project_dir, board.id) or write_renode_files(board, workdir / "renode")
     uart_port, robot_port = free_tcp_port(), free_tcp_port()
-    resc = Path(resc).resolve()
-    argv = [renode_binary(), "--disable-gui", "--plain", "--robot-server-port", str(robot_port),
-            "-e", f"$elf=@{elf}", "-e", f"$uart_port={uart_port}"]
-    repl = resc.with_suffix(".repl")
-    if repl.is_file():
-        argv += ["-e", f"$repl=@{repl}"]
-    argv += ["-e", f"include @{resc}", "-e", "start"]
+    argv = renode_argv(resc, elf, uart_port, robot_port)
+    # cwd = the project: run.resc names its platform file relative to it (@renode/BOARD.repl).
     proc = EmulatorProcess(argv, "renode", workdir / "renode.log", cwd=Path(project_dir).resolve()).start()
     try:
         monitor = RenodeMonitor(robot_port)

@@ -1,0 +1,379 @@
+"""Evaluate a firmware project on a device (QEMU, Renode or a real board) and write a report.
+
+    emulate_project(PROJ, backend="qemu", data="fashion-mnist", limit=200, out=REPORT)
+    evaluate_on_port(PROJ, port="/dev/ttyACM0", data="fashion-mnist", limit=200, out=REPORT)
+
+Both open a `Link`, then run the same `run_evaluation` over it: HELLO (checked against the
+project's plan), the test images quantised exactly as the host reference quantises them, one
+INFER per image, then the host reference on the same images and a report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.emulate.link import Link
+from toolchain.emulate.session import DeviceError, Session
+from toolchain.errors import RoutevitError
+
+log = logging.getLogger("routevit")
+
+BACKENDS = ("qemu", "renode")
+ROUTING_MAP_IMAGES = 4
+
+
+# -- the project -------------------------------------------------------------------------------
+
+@dataclass
+class Project:
+    """What evaluation needs from a generated project folder (docs/design.md)."""
+
+    root: Path
+    meta: dict  # project.json
+    plan: dict | None  # the export's plan.json (None for a project generated without one)
+    plan_path: Path | None
+    board: object  # toolchain.boards.Board
+
+    @property
+    def elf(self) -> Path:
+        return self.root / "build" / "firmware.elf"
+
+    @property
+    def selftest_elf(self) -> Path:
+        return self.root / "build" / "selftest.elf"
+
+    @property
+    def export_dir(self) -> Path | None:
+        return self.plan_path.parent if self.plan_path else None
+
+    @property
+    def clock_hz(self) -> int:
+        return int(self.meta.get("clock_hz") or self.board.clock_hz)
+
+    @property
+    def qemu_machine(self) -> str | None:
+        qemu = self.meta.get("qemu") or self.board.qemu
+        return (qemu or {}).get("machine")
+
+    @property
+    def model_id(self) -> int | None:
+        sha = self.meta.get("plan_sha256")
+        return int.from_bytes(bytes.fromhex(sha)[:8], "little") if sha else None
+
+
+def load_project(root: Path) -> Project:
+    from toolchain.boards import get_board
+
+    root = Path(root).resolve()
+    meta_path = root / "project.json"
+    if not meta_path.is_file():
+        raise RoutevitError(f"{root}: not a routevit project (no project.json); create one with "
+                            "`routevit generate EXP --board B --out PROJ`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RoutevitError(f"{meta_path}: not valid JSON ({exc}); regenerate the project") from None
+    board = get_board(meta.get("board", ""))
+    plan_path = _find_plan(root, meta)
+    plan = json.loads(plan_path.read_text()) if plan_path else None
+    return Project(root=root, meta=meta, plan=plan, plan_path=plan_path, board=board)
+
+
+def _find_plan(root: Path, meta: dict) -> Path | None:
+    candidates = [root / "plan.json"]
+    for key in ("plan", "plan_path", "export", "export_dir"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value)
+            path = path if path.is_absolute() else (root / path)
+            candidates.append(path / "plan.json" if path.suffix != ".json" else path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def plan_input(plan: dict) -> dict:
+    return plan["model"]["input"]
+
+
+def load_test_images(data: str, plan: dict, limit: int):
+    """(uint8 [n, H, W, C], labels [n], class names) of the dataset's test split."""
+    from toolchain.data import load_dataset
+
+    _, height, width, channels = plan_input(plan)["shape"]
+    if height != width:
+        raise RoutevitError(f"plan: input {height}x{width} is not square; routevit datasets give square images")
+    dataset = load_dataset(data)
+    images, labels = dataset.numpy_images("test", limit, image_size=height, channels=channels)
+    if len(images) == 0:
+        raise RoutevitError(f"dataset {data}: its test split has no images")
+    names = list(plan["model"].get("class_names") or dataset.class_names)
+    return images, labels.astype(np.int64), names
+
+
+def quantize_images(plan: dict, images_u8: np.ndarray) -> np.ndarray:
+    """The int8 input tensors the device is sent: the host reference's own quantisation."""
+    from toolchain.hostref import quantize_input  # shared with the host reference: one definition
+
+    return np.stack([np.asarray(quantize_input(plan, image), dtype=np.int8) for image in images_u8])
+
+
+def check_image_sizes(images_q: np.ndarray, hello) -> None:
+    """An image whose size is not the firmware's input size is refused before anything is sent."""
+    expected = tuple(int(v) for v in hello.input_shape[1:])
+    for i, image in enumerate(images_q):
+        if image.size != int(np.prod(expected)):
+            raise RoutevitError(
+                f"image {i}: {image.size} values ({'x'.join(map(str, image.shape))}) but the firmware expects "
+                f"{'x'.join(map(str, expected))}; resize the images to the model's input")
+
+
+# -- HELLO against the plan ----------------------------------------------------------------------
+
+def check_hello(hello, project: Project, target: str) -> None:
+    """The firmware must be the project's model: model id, input, classes, routed layers."""
+    rebuild = f"rebuild it with `routevit build {project.root}`"
+    if hello.num_classes == 0:
+        raise RoutevitError(f"{target}: firmware is a self-test build without a model; {rebuild}")
+    plan = project.plan
+    if project.model_id is not None and hello.model_id != project.model_id:
+        raise RoutevitError(f"{target}: firmware model id {hello.model_id:016x} is not this project's "
+                            f"plan ({project.model_id:016x}); flash or {rebuild}")
+    if plan is None:
+        return
+    shape = [int(v) for v in plan_input(plan)["shape"]]
+    if list(hello.input_shape) != shape:
+        raise RoutevitError(f"{target}: firmware input shape {list(hello.input_shape)} differs from the "
+                            f"plan's {shape}; {rebuild}")
+    if hello.num_classes != int(plan["model"]["num_classes"]):
+        raise RoutevitError(f"{target}: firmware has {hello.num_classes} classes, the plan "
+                            f"{plan['model']['num_classes']}; {rebuild}")
+    layers = plan.get("routed_layers") or []
+    device_layers = [(l.num_patches, l.num_experts, l.capacity, l.top_k) for l in hello.routed_layers]
+    plan_layers = [(int(l["num_patches"]), int(l["num_experts"]), int(l["capacity"]), int(l.get("top_k", 1)))
+                   for l in layers]
+    if device_layers[:len(plan_layers)] != plan_layers:
+        raise RoutevitError(f"{target}: firmware routed layers {device_layers} differ from the plan's "
+                            f"{plan_layers}; {rebuild}")
+
+
+# -- the evaluation loop -------------------------------------------------------------------------
+
+@dataclass
+class DeviceRun:
+    hello: object
+    logits: np.ndarray  # int8 [n, K]
+    counters: list[int]
+    expert_counts: list  # [n][R][E]
+    wall_seconds: float
+    routing_maps: list = field(default_factory=list)
+
+
+def run_on_device(session: Session, images_q: np.ndarray, *, timeout_per_image: float,
+                  progress: bool = True, label: str = "inference") -> DeviceRun:
+    """INFER every image over `session` (HELLO already checked). Progress bar on stderr."""
+    from tqdm import tqdm
+
+    hello = session.hello_info
+    check_image_sizes(images_q, hello)
+    logits, counters, experts = [], [], []
+    start = time.monotonic()
+    bar = tqdm(total=len(images_q), desc=label, unit="img", file=sys.stderr,
+               disable=(not progress) or None, leave=False)
+    try:
+        for i, image in enumerate(images_q):
+            result = session.infer(image, what=f"INFER image {i}", timeout_s=timeout_per_image)
+            logits.append(result.logits)
+            counters.append(result.counter)
+            experts.append(result.expert_counts)
+            bar.update(1)
+    finally:
+        bar.close()
+    return DeviceRun(hello=hello, logits=np.stack(logits) if logits else np.zeros((0, hello.num_classes), np.int8),
+                     counters=counters, expert_counts=experts, wall_seconds=time.monotonic() - start)
+
+
+def device_routing_maps(session: Session, host: dict | None, plan: dict, images_u8, labels,
+                        count: int = ROUTING_MAP_IMAGES) -> list[dict]:
+    """Per-patch expert of the first images: the host's int8 router scores sent through the
+    device's own routing code (ROUTE); falls back to the host's routing if ROUTE fails."""
+    from toolchain.report.metrics import assignment_from_combine
+    from toolchain.routing import route
+
+    if not host or not host.get("router_scores"):
+        return []
+    maps = []
+    layers = plan.get("routed_layers") or []
+    for i in range(min(count, len(images_u8), len(host["router_scores"]))):
+        entry = {"index": i, "image": images_u8[i], "label": int(labels[i]), "layers": []}
+        for r, layer in enumerate(layers):
+            scores = np.asarray(host["router_scores"][i][r], dtype=np.int8).reshape(
+                int(layer["num_patches"]), int(layer["num_experts"]))
+            source = "device routing"
+            try:
+                routed = session.route(r, scores)
+                combine = routed.combine
+            except DeviceError as exc:
+                log.warning("ROUTE on the device failed (%s); drawing the host's routing", exc)
+                _, combine, _ = route(scores, int(layer["capacity"]), top_k=int(layer.get("top_k", 1)))
+                source = "host routing"
+            entry["layers"].append({"assignment": assignment_from_combine(
+                combine, int(layer["num_patches"]), int(layer["capacity"]), int(layer["num_experts"])).tolist(),
+                "source": source})
+        maps.append(entry)
+    return maps
+
+
+def host_reference(project: Project, images_u8: np.ndarray, progress: bool = True) -> dict | None:
+    """Host int8 logits, expert counts, router scores (and float logits) on the same images."""
+    if project.plan is None:
+        return None
+    from toolchain.hostref import reference_outputs  # the int8 helper's host reference
+
+    return reference_outputs(project.export_dir, images_u8, progress=progress)
+
+
+def memory_summary(project: Project) -> dict:
+    """Flash/RAM/arena figures from PROJ/memory_report.json and PROJ/build/size.json."""
+    memory = {}
+    for name, path in (("memory_report", project.root / "memory_report.json"),
+                       ("size", project.root / "build" / "size.json")):
+        if path.is_file():
+            try:
+                memory[name] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                log.warning("%s: not valid JSON; left out of the report", path)
+    return memory
+
+
+def build_record(project: Project, link: Link, dataset: str, labels, class_names, device: DeviceRun | None,
+                 host: dict | None, maps: list, notes: list[str]) -> dict:
+    plan = project.plan or {}
+    logits_quant = None
+    if plan.get("logits"):
+        seg = plan["segments"][plan["logits"]["segment"]]
+        out = seg["outputs"][plan["logits"]["output"]]
+        logits_quant = {"scale": out["scale"], "zero_point": out["zero_point"]}
+    record = {
+        "backend": link.backend if link else None,
+        "target": link.target if link else None,
+        "board": project.board.id,
+        "clock_hz": project.clock_hz,
+        "counter_kind": device.hello.counter_kind if device else None,
+        "dataset": dataset,
+        "project": str(project.root),
+        "class_names": class_names,
+        "labels": labels,
+        "logits_quant": logits_quant,
+        "routed_layers": plan.get("routed_layers") or [],
+        "routing_maps": maps,
+        "memory": memory_summary(project),
+        "notes": notes,
+    }
+    if device is not None:
+        record["device"] = {"logits": device.logits, "counts": device.counters, "expert_counts": device.expert_counts}
+        record["hello"] = device.hello.to_json() if hasattr(device.hello, "to_json") else vars(device.hello)
+        record["wall_seconds"] = device.wall_seconds
+    if host:
+        record["host"] = {"logits": host["logits"], "expert_counts": host.get("expert_counts")}
+        if host.get("float_logits") is not None:
+            record["float"] = {"logits": host["float_logits"]}
+        elif host.get("float_accuracy") is not None:
+            record["float"] = {"accuracy": host["float_accuracy"], "source": host.get("float_source", "given")}
+    return record
+
+
+def run_evaluation(link: Link, project: Project, *, data: str, limit: int, out: Path | None,
+                   timeout_per_image: float, hello_timeout: float = 30.0, progress: bool = True) -> dict:
+    """The one code path for QEMU, Renode and real boards. Closes `link` when done."""
+    from toolchain.report import build_report, write_report
+
+    if project.plan is None:
+        raise RoutevitError(f"{project.root}: the project names no plan.json; regenerate it from an export "
+                            "with `routevit generate EXP --board B --out PROJ`")
+    images_u8, labels, class_names = load_test_images(data, project.plan, limit)
+    images_q = quantize_images(project.plan, images_u8)
+    notes = []
+    with Session(link, timeout_s=timeout_per_image) as session:
+        hello = session.hello(timeout_s=hello_timeout)
+        check_hello(hello, project, link.target)
+        device = run_on_device(session, images_q, timeout_per_image=timeout_per_image, progress=progress,
+                               label=f"{link.backend} inference")
+        host = host_reference(project, images_u8, progress=progress)
+        maps = device_routing_maps(session, host, project.plan, images_u8, labels)
+        session.stop()
+        if session.garbage_bytes or session.bad_frames or session.resends:
+            notes.append(f"line noise: {session.bad_frames} damaged frames, {session.resends} requests resent")
+    record = build_record(project, link, data, labels, class_names, device, host, maps, notes)
+    if out is None:
+        return build_report(record)
+    return write_report(record, Path(out))
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+def ensure_built(project: Project, kernels: str | None = None) -> Path:
+    """Build the firmware if it is missing or older than the project's sources."""
+    elf = project.elf
+    sources = [p for p in (project.root / "src").rglob("*") if p.is_file()] if (project.root / "src").is_dir() else []
+    newest = max((p.stat().st_mtime for p in sources), default=0.0)
+    if elf.is_file() and elf.stat().st_mtime >= newest and kernels is None:
+        return elf
+    from toolchain.build import build_project  # the build helper's `routevit build`
+
+    build_project(project.root, **({"kernels": kernels} if kernels else {}))
+    if not elf.is_file():
+        raise RoutevitError(f"{elf}: the build finished without a firmware ELF; see the build log")
+    return elf
+
+
+def open_backend(project: Project, backend: str, elf: Path, workdir: Path | None = None) -> Link:
+    if backend == "qemu":
+        from toolchain.emulate.qemu import open_qemu
+
+        machine = project.qemu_machine
+        if not machine:
+            raise RoutevitError(f"board {project.board.id}: QEMU does not emulate it; use --backend renode "
+                                "or a real board with `routevit evaluate PROJ --port DEV`")
+        return open_qemu(elf, machine, workdir=workdir)
+    if backend == "renode":
+        from toolchain.emulate.renode import open_renode
+
+        return open_renode(project.root, elf, project.board, workdir=workdir)
+    raise RoutevitError(f"backend {backend!r}: unknown; use one of {', '.join(BACKENDS)}")
+
+
+def emulate_project(project_dir: Path, *, backend: str, data: str, limit: int, out: Path | None,
+                    timeout_per_image: float = 60.0, build: bool = True, progress: bool = True) -> dict:
+    project = load_project(project_dir)
+    elf = ensure_built(project) if build else project.elf
+    workdir = Path(tempfile.mkdtemp(prefix=f"routevit-{backend}-"))
+    link = open_backend(project, backend, elf, workdir)
+    try:
+        return run_evaluation(link, project, data=data, limit=limit, out=out,
+                              timeout_per_image=timeout_per_image, progress=progress)
+    finally:
+        link.close()
+
+
+def evaluate_on_port(project_dir: Path, *, port: str, baud: int, data: str, limit: int, out: Path | None,
+                     timeout_per_image: float = 60.0, progress: bool = True) -> dict:
+    from toolchain.emulate.serialport import open_serial_port
+
+    project = load_project(project_dir)
+    link = open_serial_port(port, baud)
+    try:
+        return run_evaluation(link, project, data=data, limit=limit, out=out,
+                              timeout_per_image=timeout_per_image, progress=progress)
+    finally:
+        link.close()

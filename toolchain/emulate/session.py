@@ -1,0 +1,253 @@
+"""One protocol session over a pyserial port: the code path QEMU, Renode and real boards share.
+
+The session sends one request at a time and waits for the frame that answers it (same
+sequence number). It never trusts the line: bytes that are not frames are skipped and kept in a
+ring buffer so that an error can show the last bytes the device sent; a request the device
+reports as corrupted (ERROR bad_crc / bad_length with our sequence number) is sent again; no
+answer within the timeout, or the emulator exiting, is a `DeviceError` naming what was asked,
+why it failed and the last UART bytes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import serial
+
+from toolchain import protocol
+from toolchain.emulate.link import Link
+from toolchain.errors import RoutevitError
+
+log = logging.getLogger("routevit")
+
+_RESENDABLE_ERRORS = {1, 2}  # bad_crc, bad_length: the request was damaged on the line
+_MAX_RESENDS = 3
+
+
+class DeviceError(RoutevitError):
+    """The device did not answer as the protocol says (hung, crashed, garbage, ERROR frame)."""
+
+
+def format_tail(data: bytes, limit: int = 96) -> str:
+    """The last bytes as hex and as printable text, for one error line."""
+    data = bytes(data[-limit:])
+    if not data:
+        return "(no bytes received)"
+    text = "".join(chr(b) if 32 <= b < 127 else "." for b in data)
+    return f"{data.hex(' ')} |{text}|"
+
+
+@dataclass
+class InferResult:
+    logits: np.ndarray  # int8 [K]
+    counter: int  # instructions or cycles for the whole inference (HELLO says which)
+    expert_counts: list[list[int]]  # [routed layer][expert]
+    seconds: float  # host wall time for the request
+
+
+class Session:
+    """Talks the evaluation protocol with one device over `link`.
+
+    Example:
+        >>> with Session(open_qemu(elf, "mps2-an386")) as s:
+        ...     hello = s.hello()
+        ...     s.ping(b"abc")
+        b'abc'
+    """
+
+    def __init__(self, link: Link, timeout_s: float = 30.0, tail_bytes: int = 512):
+        self.link = link
+        self.port: serial.SerialBase = link.port
+        self.timeout_s = float(timeout_s)
+        self.tail = deque(maxlen=tail_bytes)  # last raw bytes received, frames and garbage alike
+        self.decoder = protocol.FrameParser()
+        self.pending: deque = deque()  # decoded events not consumed yet
+        self.seq = 0
+        self.bad_frames = 0
+        self.resends = 0
+        self.hello_info = None
+
+    @property
+    def garbage_bytes(self) -> int:
+        """Bytes received outside any frame (noise, boot text, the stop sentinel line)."""
+        return len(self.decoder.text)
+
+    # -- context -----------------------------------------------------------------------------
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.link.close()
+
+    # -- low level ---------------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self.seq = (self.seq + 1) & 0xFF
+        return self.seq
+
+    def _fail(self, what: str, why: str) -> DeviceError:
+        gone = self.link.device_gone()
+        parts = [f"{self.link.target}: {what}: {why}"]
+        if gone and gone not in why:
+            parts.append(gone)
+        parts.append(f"last UART bytes: {format_tail(bytes(self.tail))}")
+        extra = self.link.diagnostics()
+        if extra:
+            parts.append(extra.replace("\n", " | ")[-600:])
+        return DeviceError("; ".join(parts))
+
+    def _write(self, data: bytes, what: str) -> None:
+        try:
+            self.port.write(data)
+            self.port.flush()
+        except (serial.SerialException, OSError) as exc:
+            raise self._fail(what, f"writing to the serial port failed ({exc})") from None
+
+    def _read_some(self, what: str) -> bytes:
+        try:
+            data = self.port.read(max(1, self.port.in_waiting if hasattr(self.port, "in_waiting") else 1))
+        except (serial.SerialException, OSError) as exc:
+            raise self._fail(what, f"the serial connection broke ({exc})") from None
+        if data:
+            self.tail.extend(data)
+        return data
+
+    def _events(self, what: str, deadline: float):
+        """Yield decoded frame events until the deadline; raise DeviceError after it."""
+        while True:
+            while self.pending:
+                yield self.pending.popleft()
+            if time.monotonic() >= deadline:
+                return
+            data = self._read_some(what)
+            if data:
+                self.pending.extend(self.decoder.feed(data))
+                self._note_damage()
+                continue
+            gone = self.link.device_gone()
+            if gone:
+                # Drain whatever the device wrote before it went away, then give up.
+                time.sleep(0.05)
+                data = self._read_some(what)
+                if data:
+                    self.pending.extend(self.decoder.feed(data))
+                    self._note_damage()
+                    continue
+                raise self._fail(what, f"the device stopped answering ({gone})")
+
+    def request(self, msg_type: int, payload: bytes, what: str, timeout_s: float | None = None) -> "protocol.Frame":
+        """Send one request; return the answer frame (any type but ERROR with our seq)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        seq = self._next_seq()
+        frame = protocol.encode_frame(msg_type, seq, payload)
+        resends = 0
+        self._write(frame, what)
+        deadline = time.monotonic() + timeout_s
+        for event in self._events(what, deadline):
+            if event.seq != seq:
+                log.info("%s: ignoring frame type 0x%02x seq %d while waiting for seq %d",
+                         self.link.target, event.type, event.seq, seq)
+                continue
+            if event.type == protocol.MsgType.ERROR:
+                error = protocol.decode_error(event)
+                if error.code in _RESENDABLE_ERRORS and resends < _MAX_RESENDS:
+                    resends += 1
+                    self.resends += 1
+                    log.warning("%s: %s for %s; sending it again", self.link.target, error, what)
+                    self._write(frame, what)
+                    deadline = time.monotonic() + timeout_s
+                    continue
+                raise self._fail(what, f"the device answered with an ERROR frame ({error})")
+            return event
+        raise self._fail(what, f"no answer within {timeout_s:g} s")
+
+    # -- messages ----------------------------------------------------------------------------
+    def hello(self, timeout_s: float | None = None):
+        frame = self.request(protocol.MsgType.HELLO_REQ, b"", "HELLO", timeout_s)
+        self._expect(frame, protocol.MsgType.HELLO, "HELLO")
+        try:
+            self.hello_info = protocol.decode_hello(frame.payload)
+        except protocol.ProtocolError as exc:
+            raise self._fail("HELLO", str(exc)) from None
+        if self.hello_info.version != protocol.PROTOCOL_VERSION:
+            raise self._fail("HELLO", f"firmware speaks protocol version {self.hello_info.version}, this "
+                             f"routevit speaks {protocol.PROTOCOL_VERSION}; regenerate and rebuild the project")
+        return self.hello_info
+
+    def ping(self, data: bytes, timeout_s: float | None = None) -> bytes:
+        frame = self.request(protocol.MsgType.PING, bytes(data), "PING", timeout_s)
+        self._expect(frame, protocol.MsgType.PONG, "PING")
+        return bytes(frame.payload)
+
+    def route(self, layer: int, scores: np.ndarray, timeout_s: float | None = None):
+        """Ask the device's routing code for dispatch/combine/counts of int8 scores [N, E]."""
+        info = self._require_hello()
+        shape = info.routed_layers[layer]
+        payload = bytes([layer]) + np.asarray(scores, dtype=np.int8).tobytes()
+        frame = self.request(protocol.MsgType.ROUTE, payload, f"ROUTE layer {layer}", timeout_s)
+        self._expect(frame, protocol.MsgType.ROUTED, "ROUTE")
+        try:
+            return protocol.decode_routed(frame.payload, shape)
+        except protocol.ProtocolError as exc:
+            raise self._fail(f"ROUTE layer {layer}", str(exc)) from None
+
+    def infer(self, image_q: np.ndarray, what: str = "INFER", timeout_s: float | None = None) -> InferResult:
+        """Run one inference on an int8 input tensor whose size matches HELLO's input shape."""
+        info = self._require_hello()
+        data = np.ascontiguousarray(image_q)
+        if data.dtype != np.int8:
+            raise RoutevitError(f"{what}: input must be int8 (quantised), got {data.dtype}; "
+                                "quantise it with the plan's input scale and zero point")
+        expected = int(np.prod(info.input_shape[1:])) if info.num_classes else 0
+        if info.num_classes == 0:
+            raise RoutevitError(f"{self.link.target}: firmware has no model (self-test build); "
+                                "build the model firmware with `routevit build PROJ`")
+        if data.size != expected:
+            raise RoutevitError(
+                f"{what}: input has {data.size} values ({'x'.join(map(str, data.shape))}) but the firmware "
+                f"expects {expected} ({'x'.join(map(str, info.input_shape[1:]))}); resize the images "
+                "to the model's input shape")
+        if data.size > info.max_payload:
+            raise RoutevitError(f"{what}: input of {data.size} bytes exceeds the firmware's max payload "
+                                f"{info.max_payload}; regenerate the project")
+        start = time.monotonic()
+        frame = self.request(protocol.MsgType.INFER, data.tobytes(), what, timeout_s)
+        self._expect(frame, protocol.MsgType.RESULT, what)
+        try:
+            result = protocol.decode_result(frame.payload, info.routed_layers)
+        except protocol.ProtocolError as exc:
+            raise self._fail(what, str(exc)) from None
+        if len(result.logits) != info.num_classes:
+            raise self._fail(what, f"RESULT has {len(result.logits)} logits, HELLO announced {info.num_classes}")
+        return InferResult(logits=np.asarray(result.logits, dtype=np.int8), counter=int(result.counter),
+                           expert_counts=[list(map(int, c)) for c in result.expert_counts],
+                           seconds=time.monotonic() - start)
+
+    def stop(self, exit_code: int = 0, timeout_s: float = 5.0) -> bool:
+        """Ask the firmware to end (QEMU then exits through semihosting). True if it said STOPPED."""
+        try:
+            frame = self.request(protocol.MsgType.STOP, bytes([exit_code & 0xFF]), "STOP", timeout_s)
+        except DeviceError as exc:
+            log.info("STOP not acknowledged: %s", exc)
+            return False
+        return frame.type == protocol.MsgType.STOPPED
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _note_damage(self) -> None:
+        # Damaged frames from the device (bad CRC / length): their answers are lost, the
+        # request times out or a resend recovers; counted for the report.
+        if len(self.decoder.errors) > self.bad_frames:
+            for error in self.decoder.errors[self.bad_frames:]:
+                log.warning("%s: damaged frame from the device (%s); resynchronising", self.link.target, error)
+            self.bad_frames = len(self.decoder.errors)
+
+    def _require_hello(self):
+        if self.hello_info is None:
+            self.hello()
+        return self.hello_info
+
+    def _expect(self, frame, msg_type: int, what: str) -> None:
+        if frame.type != msg_type:
+            raise self._fail(what, f"expected a frame of type 0x{msg_type:02x}, got 0x{frame.type:02x}")
