@@ -58,7 +58,8 @@ class Session:
         b'abc'
     """
 
-    def __init__(self, link: Link, timeout_s: float = 30.0, tail_bytes: int = 512):
+    def __init__(self, link: Link, timeout_s: float = 30.0, tail_bytes: int = 512,
+                 resync_on_timeout: bool = True):
         self.link = link
         self.port: serial.SerialBase = link.port
         self.timeout_s = float(timeout_s)
@@ -68,6 +69,9 @@ class Session:
         self.seq = 0
         self.bad_frames = 0
         self.resends = 0
+        self.resyncs = 0
+        self.stalled_frames = 0
+        self.resync_on_timeout = resync_on_timeout
         self.hello_info = None
 
     @property
@@ -137,31 +141,73 @@ class Session:
                     continue
                 raise self._fail(what, f"the device stopped answering ({gone})")
 
-    def request(self, msg_type: int, payload: bytes, what: str, timeout_s: float | None = None) -> "protocol.Frame":
-        """Send one request; return the answer frame (any type but ERROR with our seq)."""
+    def request(self, msg_type: int, payload: bytes, what: str, timeout_s: float | None = None,
+                resync: bool | None = None) -> "protocol.Frame":
+        """Send one request; return the frame that answers it (same seq, not ERROR).
+
+        Recovery, in order: an ERROR bad_crc/bad_length for our seq (the request was damaged on
+        the line) -> send it again; no answer within the timeout while the device is alive ->
+        once, flush the device's parser with zero bytes (line noise may have opened a bogus frame
+        that is still waiting for its payload) and send it again. Every request is idempotent.
+        """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        resync = self.resync_on_timeout if resync is None else resync
         seq = self._next_seq()
         frame = protocol.encode_frame(msg_type, seq, payload)
         resends = 0
+        flushed = False
         self._write(frame, what)
         deadline = time.monotonic() + timeout_s
-        for event in self._events(what, deadline):
-            if event.seq != seq:
-                log.info("%s: ignoring frame type 0x%02x seq %d while waiting for seq %d",
-                         self.link.target, event.type, event.seq, seq)
-                continue
-            if event.type == protocol.MsgType.ERROR:
-                error = protocol.decode_error(event)
-                if error.code in _RESENDABLE_ERRORS and resends < _MAX_RESENDS:
-                    resends += 1
-                    self.resends += 1
-                    log.warning("%s: %s for %s; sending it again", self.link.target, error, what)
-                    self._write(frame, what)
-                    deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self._events(what, deadline):
+                if not isinstance(event, protocol.Frame):
+                    continue  # a damaged frame reported as an event: counted via the parser
+                if event.seq != seq:
+                    log.info("%s: ignoring frame type 0x%02x seq %d while waiting for seq %d",
+                             self.link.target, event.type, event.seq, seq)
                     continue
-                raise self._fail(what, f"the device answered with an ERROR frame ({error})")
-            return event
-        raise self._fail(what, f"no answer within {timeout_s:g} s")
+                if event.type == protocol.MsgType.ERROR:
+                    error = protocol.decode_error(event)
+                    if error.code in _RESENDABLE_ERRORS and resends < _MAX_RESENDS:
+                        resends += 1
+                        self.resends += 1
+                        log.warning("%s: %s for %s; sending it again", self.link.target, error, what)
+                        self._write(frame, what)
+                        deadline = time.monotonic() + timeout_s
+                        continue
+                    raise self._fail(what, f"the device answered with an ERROR frame ({error})")
+                return event
+            if self._rescan_stalled_frame():
+                continue  # line noise had opened a bogus frame on our side: its bytes were rescanned
+            if not resync or flushed or self.link.device_gone():
+                break
+            flushed = True
+            self.resyncs += 1
+            log.warning("%s: no answer to %s within %g s; flushing the line and sending it again",
+                        self.link.target, what, timeout_s)
+            self._write(bytes(self._flush_bytes()), what)
+            self._write(frame, what)
+            deadline = time.monotonic() + timeout_s
+        waited = f"{timeout_s:g} s" + (" (twice, with a resync in between)" if flushed else "")
+        raise self._fail(what, f"no answer within {waited}")
+
+    def _rescan_stalled_frame(self) -> bool:
+        """If our parser holds a partial frame (noise that looked like a header), drop its first
+        byte and rescan the rest; True if that produced frames."""
+        stalled = bytes(getattr(self.decoder, "buffer", b""))
+        if len(stalled) < 2:
+            return False
+        self.decoder.buffer = bytearray()
+        self.stalled_frames += 1
+        frames = self.decoder.feed(stalled[1:])
+        self.pending.extend(frames)
+        return bool(frames)
+
+    def _flush_bytes(self) -> int:
+        # Enough zero bytes to complete the longest frame the firmware can be waiting for; zeros
+        # are not sync bytes, so afterwards its parser is idle.
+        max_payload = self.hello_info.max_payload if self.hello_info else protocol.HOST_MAX_PAYLOAD
+        return protocol.HEADER_BYTES + max_payload + protocol.CRC_BYTES
 
     # -- messages ----------------------------------------------------------------------------
     def hello(self, timeout_s: float | None = None):
@@ -171,6 +217,8 @@ class Session:
             self.hello_info = protocol.decode_hello(frame.payload)
         except protocol.ProtocolError as exc:
             raise self._fail("HELLO", str(exc)) from None
+        # Frames longer than the device's own limit are noise: reject them as early as it does.
+        self.decoder.max_payload = max(self.hello_info.max_payload, 16)
         if self.hello_info.version != protocol.PROTOCOL_VERSION:
             raise self._fail("HELLO", f"firmware speaks protocol version {self.hello_info.version}, this "
                              f"routevit speaks {protocol.PROTOCOL_VERSION}; regenerate and rebuild the project")

@@ -1,0 +1,442 @@
+"""The emulator runners and the protocol session against real firmware under real QEMU.
+
+CI part (no TFLM): the self-test firmware (`make selftest` in a generated project) answers
+HELLO/PING/ROUTE; these tests kill, freeze and disturb it and check what a user sees. The tflm
+part runs a model firmware on test images and compares with the host reference bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, error_lines, run_routevit
+from toolchain import protocol
+from toolchain.errors import RoutevitError
+
+pytestmark = pytest.mark.qemu
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                                reason="needs qemu-system-arm and arm-none-eabi-gcc")
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def generate_selftest_project(board_id: str, dest: Path) -> Path:
+    """A generated project without a model, built with `make selftest` (no TFLM)."""
+    from toolchain.boards import get_board
+    from toolchain.generate import project as generate_project
+
+    dest.mkdir(parents=True, exist_ok=True)
+    board = get_board(board_id)
+    generate_project.render_selftest_project(board, dest)
+    if not (dest / "project.json").is_file():
+        (dest / "project.json").write_text(json.dumps({"format": "routevit-project/1", "board": board_id,
+                                                       "clock_hz": board.clock_hz, "qemu": board.qemu}))
+    subprocess.run(["make", "-C", str(dest), "selftest"], check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def selftest_project(tmp_path_factory) -> Path:
+    if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("needs qemu-system-arm and arm-none-eabi-gcc")
+    return generate_selftest_project("mps2-an386", tmp_path_factory.mktemp("selftest") / "proj")
+
+
+@pytest.fixture
+def qemu_link(selftest_project):
+    from toolchain.emulate.qemu import open_qemu
+
+    link = open_qemu(selftest_project / "build" / "selftest.elf", "mps2-an386")
+    yield link
+    link.close()
+    assert wait_dead(link.emulator.pid), "QEMU outlived its link"
+
+
+# -- the session against the real self-test firmware -----------------------------------------
+
+def test_selftest_cli_checks_routing_and_stops_qemu(selftest_project):
+    result = run_routevit("emulate", selftest_project, "--selftest", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["hello"]["board"] == "mps2-an386"
+    assert data["route_checks"] >= 4 * len(data["hello"]["routed_layers"]) > 0
+    assert data["stopped_cleanly"] is True
+    assert "self-test firmware answered HELLO" in result.stderr
+
+
+def test_infer_on_selftest_build_is_a_clear_error(qemu_link):
+    from toolchain.emulate.session import Session
+
+    session = Session(qemu_link, timeout_s=10)
+    session.hello()
+    written_before = qemu_link.port.out_waiting if hasattr(qemu_link.port, "out_waiting") else 0
+    with pytest.raises(RoutevitError, match="self-test build"):
+        session.infer(np.zeros((1, 28, 28, 1), np.int8))
+    assert written_before == 0
+    assert session.ping(b"still fine") == b"still fine"
+
+
+def test_wrong_image_size_is_refused_before_sending():
+    from toolchain.emulate.evaluation import check_image_sizes
+
+    hello = protocol.Hello(version=1, counter_kind=0, max_payload=2048, arena_bytes=1, model_id=1,
+                           input_shape=(1, 28, 28, 1), input_scale=0.5, input_zero_point=-1, num_classes=10,
+                           routed_layers=(), board="mps2-an386")
+    check_image_sizes(np.zeros((3, 28, 28, 1), np.int8), hello)  # right size: no error
+    with pytest.raises(RoutevitError, match=r"image 0: 1024 values \(32x32x1\).*expects 28x28x1"):
+        check_image_sizes(np.zeros((2, 32, 32, 1), np.int8), hello)
+
+
+# -- the emulator is always reaped ---------------------------------------------------------------
+
+def test_killing_qemu_mid_run_is_a_clear_error(qemu_link):
+    from toolchain.emulate.session import DeviceError, Session
+
+    session = Session(qemu_link, timeout_s=10)
+    session.hello()
+    pid = qemu_link.emulator.pid
+    killer = threading.Timer(0.3, lambda: os.kill(pid, signal.SIGKILL))
+    killer.start()
+    rng = np.random.default_rng(0)
+    start = time.monotonic()
+    with pytest.raises(DeviceError) as info:
+        while time.monotonic() - start < 20:
+            session.route(2, rng.integers(-128, 128, size=(64, 8)).astype(np.int8))
+    killer.join()
+    message = str(info.value)
+    assert "qemu mps2-an386" in message and "last UART bytes:" in message
+    assert "exited with code -9" in message or "connection broke" in message
+    assert "\n" not in message
+    assert time.monotonic() - start < 15, "a dead emulator must not wait for the full timeout"
+
+
+def test_frozen_qemu_times_out_and_is_reaped(qemu_link):
+    from toolchain.emulate.session import DeviceError, Session
+
+    session = Session(qemu_link, timeout_s=1.0)
+    session.hello()
+    pid = qemu_link.emulator.pid
+    os.kill(pid, signal.SIGSTOP)  # a hung emulator: alive, silent
+    start = time.monotonic()
+    with pytest.raises(DeviceError, match=r"PING: no answer within 1 s \(twice, with a resync"):
+        session.ping(b"x")
+    assert time.monotonic() - start < 5
+    qemu_link.close()
+    assert wait_dead(pid), "a stopped QEMU must still be killed"
+
+
+REAPER_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from toolchain.emulate.qemu import open_qemu
+    from toolchain.emulate.session import Session
+    link = open_qemu(sys.argv[1], "mps2-an386")
+    Session(link).hello()
+    print(link.emulator.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+@needs_qemu
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_qemu_dies_with_its_host_process(selftest_project, sig):
+    """Ctrl-C, a termination request, even SIGKILL of Python: no QEMU is left behind."""
+    proc = subprocess.Popen([sys.executable, "-c", REAPER_SCRIPT, str(selftest_project / "build" / "selftest.elf")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), proc.stderr.read()
+        qemu_pid = int(line)
+        assert pid_alive(qemu_pid)
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+        assert wait_dead(qemu_pid), f"QEMU {qemu_pid} survived {sig.name} of its host process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+# -- line noise ---------------------------------------------------------------------------------
+
+def test_garbage_sent_to_the_device_is_skipped(qemu_link):
+    from toolchain.emulate.session import Session
+
+    session = Session(qemu_link, timeout_s=5)
+    session.hello()
+    noise = (b"\x00\xff\xa5garbage\x5a"  # not frames at all
+             + b"\xa5\x5a\x03\x77\xff\xff"  # a header claiming 65535 bytes -> bad_length, resync
+             + protocol.encode_frame(protocol.MsgType.PING, 0x42, b"abc")[:-1] + b"\x00")  # bad CRC
+    qemu_link.port.write(noise)
+    assert session.ping(b"after noise") == b"after noise"
+    assert session.resyncs == 0
+    # The firmware answered the damaged frames with ERROR frames of their own seq: skipped.
+    assert session.hello().board == "mps2-an386"
+
+
+def test_noise_opening_a_bogus_frame_is_flushed(qemu_link):
+    from toolchain.emulate.session import Session
+
+    session = Session(qemu_link, timeout_s=1.5)
+    session.hello()
+    # A plausible header (length 700 <= max payload): the firmware waits for 700 more bytes and
+    # would swallow the next request; the session flushes it and sends the request again.
+    qemu_link.port.write(b"\xa5\x5a\x03\x10\xbc\x02")
+    assert session.ping(b"recovered") == b"recovered"
+    assert session.resyncs == 1
+
+
+class NoisyRelay:
+    """A TCP relay between QEMU's UART socket and the session that damages device->host bytes:
+    `noise` is inserted before every chunk, and `corrupt(chunk_index, data)` may alter a chunk."""
+
+    def __init__(self, upstream_port: int, noise: bytes = b"", corrupt=None, replace_all: bool = False):
+        self.upstream = socket.create_connection(("127.0.0.1", upstream_port))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.noise, self.corrupt, self.replace_all = noise, corrupt, replace_all
+        self.chunks = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        client, _ = self.listener.accept()
+        sockets = [client, self.upstream]
+        held = b""  # device bytes arrive one by one: forward them as one chunk once the line is quiet
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 0.02)
+                if not readable and held:
+                    client.sendall(self._damage(held))
+                    held = b""
+                for sock in readable:
+                    data = sock.recv(4096)
+                    if not data:
+                        return
+                    if sock is client:
+                        self.upstream.sendall(data)
+                    else:
+                        held += data
+        except OSError:
+            return
+        finally:
+            client.close()
+            self.upstream.close()
+
+    def _damage(self, data: bytes) -> bytes:
+        if self.replace_all:
+            return bytes((b * 7 + 3) & 0xFF for b in data).replace(b"\xa5", b"\x11")
+        if self.corrupt:
+            data = self.corrupt(self.chunks, data)
+        self.chunks += 1
+        return self.noise + data
+
+
+def open_qemu_behind_relay(elf: Path, **relay_args):
+    """QEMU with its UART reached through a NoisyRelay; returns the Link (session side)."""
+    import serial
+
+    from toolchain.emulate.link import Link, free_tcp_port
+    from toolchain.emulate.process import EmulatorProcess
+    from toolchain.emulate.qemu import qemu_argv
+
+    port = free_tcp_port()
+    proc = EmulatorProcess(qemu_argv("mps2-an386", elf, f"tcp:127.0.0.1:{port},server=on,wait=on"), "qemu",
+                           Path(f"/tmp/routevit-test-qemu-{port}.log")).start()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            relay = NoisyRelay(port, **relay_args)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    port_obj = serial.serial_for_url(f"socket://127.0.0.1:{relay.port}", timeout=0.05)
+    return Link(port=port_obj, backend="qemu", target="qemu mps2-an386 (noisy line)", emulator=proc)
+
+
+def test_noise_from_the_device_is_skipped_and_damaged_answers_are_recovered(selftest_project):
+    from toolchain.emulate.session import Session
+
+    def flip_one_bit_of_the_second_answer(index, data):
+        if index == 1 and len(data) > 8:
+            data = bytearray(data)
+            data[7] ^= 0x01
+            data = bytes(data)
+        return data
+
+    link = open_qemu_behind_relay(selftest_project / "build" / "selftest.elf",
+                                  noise=b"\x00noise\xa5\xa5\x5a\x01", corrupt=flip_one_bit_of_the_second_answer)
+    try:
+        session = Session(link, timeout_s=1.5)
+        assert session.hello().board == "mps2-an386"
+        assert session.ping(b"0123456789abcdef") == b"0123456789abcdef"  # its answer was damaged
+        assert session.ping(b"x" * 300) == b"x" * 300
+        assert session.bad_frames >= 1 and session.resyncs >= 1
+        assert session.garbage_bytes > 0
+    finally:
+        link.close()
+    assert wait_dead(link.emulator.pid)
+
+
+def test_a_line_of_pure_garbage_is_a_clear_error(selftest_project):
+    from toolchain.emulate.session import DeviceError, Session
+
+    link = open_qemu_behind_relay(selftest_project / "build" / "selftest.elf", replace_all=True)
+    try:
+        session = Session(link, timeout_s=1.0)
+        with pytest.raises(DeviceError) as info:
+            session.hello()
+        message = str(info.value)
+        assert "HELLO: no answer within 1 s" in message
+        last = message.split("last UART bytes: ", 1)[1]
+        assert last != "(no bytes received)" and "|" in last  # hex and printable text of the noise
+    finally:
+        link.close()
+    assert wait_dead(link.emulator.pid)
+
+
+# -- a serial port: QEMU behind a pseudo-terminal stands in for a board ---------------------------
+
+def test_serial_port_backend_talks_to_qemu_through_a_pty(selftest_project):
+    from toolchain.emulate.evaluation import selftest_checks
+    from toolchain.emulate.qemu import open_qemu_pty
+    from toolchain.emulate.serialport import open_serial_port
+    from toolchain.emulate.session import Session
+
+    proc, device = open_qemu_pty(selftest_project / "build" / "selftest.elf", "mps2-an386")
+    try:
+        assert device.startswith("/dev/pts/")
+        link = open_serial_port(device, 115200)
+        with Session(link, timeout_s=10) as session:
+            hello = session.hello()
+            assert hello.board == "mps2-an386"
+            assert selftest_checks(session) == 4 * len(hello.routed_layers)
+            assert session.stop() is True
+        assert proc.wait(10) == 0  # the firmware ended QEMU through semihosting
+    finally:
+        proc.kill()
+
+
+def test_missing_serial_port_is_one_line_error(tmp_path):
+    from toolchain.emulate.serialport import open_serial_port
+
+    with pytest.raises(RoutevitError, match=r"/nonexistent/ttyACM9: cannot open the serial port"):
+        open_serial_port("/nonexistent/ttyACM9")
+
+
+# -- Renode --------------------------------------------------------------------------------------
+
+def test_renode_backend_without_renode_says_why(selftest_project, monkeypatch):
+    from toolchain.emulate import renode
+
+    if renode.renode_binary() is not None:
+        pytest.skip("renode is installed: the missing-Renode message cannot be shown")
+    result = run_routevit("emulate", selftest_project, "--selftest", "--backend", "renode", timeout=120)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "renode: not found on PATH" in lines[0] and "--backend qemu" in lines[0]
+
+
+@pytest.mark.renode
+@pytest.mark.skipif(shutil.which("renode") is None,
+                    reason="renode not on PATH (it is on no package registry here; install from renode.io)")
+def test_renode_runs_the_selftest_firmware(selftest_project):
+    result = run_routevit("emulate", selftest_project, "--selftest", "--backend", "renode", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["route_checks"] > 0
+
+
+@pytest.mark.renode
+@pytest.mark.skipif(shutil.which("renode-test") is None, reason="renode-test not on PATH (install Renode)")
+def test_renode_robot_suite_passes(selftest_project):
+    result = subprocess.run(["renode-test", str(selftest_project / "renode" / "selftest.robot")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+# -- with TFLM: a model firmware against the host reference --------------------------------------
+
+def tflm_available() -> str | None:
+    try:
+        from toolchain.tflm.tree import find_tree  # the tflm helper's lookup of a set-up tree
+    except ImportError:
+        return "toolchain.tflm has no tree lookup yet"
+    try:
+        return None if find_tree() else "no TFLM tree: run `routevit setup-tflm`"
+    except Exception as exc:  # a missing tree is reported as an error by some versions
+        return f"no TFLM tree ({exc}); run `routevit setup-tflm`"
+
+
+def fmnist_export() -> Path | None:
+    """An export of a Fashion-MNIST routed model: $ROUTEVIT_TEST_EXPORT or the newest under runs/."""
+    env = os.environ.get("ROUTEVIT_TEST_EXPORT")
+    if env:
+        return Path(env)
+    plans = sorted((REPO / "runs").glob("**/plan.json"), key=lambda p: p.stat().st_mtime)
+    routed = [p for p in plans if json.loads(p.read_text()).get("routed_layers")]
+    return routed[-1].parent if routed else None
+
+
+@pytest.mark.tflm
+@pytest.mark.slow
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500"])
+def test_model_firmware_is_bit_exact_with_host_reference(board, tmp_path):
+    reason = tflm_available()
+    if reason:
+        pytest.skip(reason)
+    export = fmnist_export()
+    if export is None:
+        pytest.skip("no routed Fashion-MNIST export under runs/ (set ROUTEVIT_TEST_EXPORT=EXP)")
+    project = tmp_path / f"proj-{board}"
+    result = run_routevit("generate", export, "--board", board, "--out", project, timeout=600)
+    assert result.returncode == 0, result.stderr
+    reports = []
+    for run in range(2):
+        out = tmp_path / f"report-{run}"
+        result = run_routevit("emulate", project, "--backend", "qemu", "--data", "fashion-mnist",
+                              "--limit", "200", "--out", out, "--json", timeout=3600)
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads((out / "report.json").read_text()))
+    first, second = reports
+    agreement = first["agreement_device_vs_host"]
+    assert agreement["images"] == 200
+    assert agreement["bit_exact_rate"] == 1.0, agreement["mismatched_images"]
+    assert first["expert_counts_match_host"] is True
+    assert first["counter"]["kind"] == 0
+    counters = [[row["counter"] for row in r["per_image"]] for r in reports]
+    assert counters[0] == counters[1], "instruction counts must be identical run to run under -icount"
+    for name in ("report.md", "accuracy.png", "routing_map.png", "experts.png", "confusion.png"):
+        assert (tmp_path / "report-0" / name).is_file()

@@ -1,0 +1,84 @@
+"""`routevit emulate PROJ --backend qemu|renode --data D --limit N`: run the firmware in an
+emulator on test images and write a report (accuracy, agreement with the host, cost, memory)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from toolchain.emulate.evaluation import BACKENDS
+
+
+def summary_lines(report: dict, out: Path | None) -> list[str]:
+    """The few lines a person reads after an evaluation (stderr)."""
+    top1 = report.get("top1", {})
+    fmt = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = [f"{report.get('target')}: {report.get('images')} images; top-1 device {fmt(top1.get('device'))}, "
+             f"host int8 {fmt(top1.get('host_int8'))}, float {fmt(top1.get('float'))}"]
+    agreement = report.get("agreement_device_vs_host")
+    if agreement:
+        lines.append(f"bit-exact with the host reference: {agreement['bit_exact_images']}/{agreement['images']} "
+                     f"images; L2r {agreement['l2_relative_error']:.3g}, cosine {agreement['cosine_similarity']:.6f}")
+    counter = report.get("counter")
+    if counter and counter.get("mean") is not None:
+        line = f"{counter['what']}: mean {counter['mean']:,.0f} (min {counter['min']:,}, max {counter['max']:,})"
+        if counter.get("ms_at_clock"):
+            line += f", ~{counter['ms_at_clock']['mean']:.1f} ms at {counter['clock_hz'] / 1e6:g} MHz"
+        lines.append(line)
+    if out is not None:
+        lines.append(f"report: {out}/report.md")
+    return lines
+
+
+def selftest_summary(result: dict) -> list[str]:
+    return [f"{result['target']}: self-test firmware answered HELLO (protocol {result['hello']['version']}, "
+            f"board {result['hello']['board']}), PING and {result['route_checks']} ROUTE checks identical to "
+            f"toolchain.routing; {result['wall_seconds']:.1f} s"]
+
+
+@click.command("emulate")
+@click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(BACKENDS), default="qemu", show_default=True,
+              help="Emulator to run the firmware in.")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="Dataset: fashion-mnist, ssw60:PATH or folder:PATH (its test split).")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Number of test images.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder [default: PROJ/reports/BACKEND].")
+@click.option("--timeout-per-image", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="Seconds to wait for one inference before declaring the firmware hung.")
+@click.option("--no-build", is_flag=True, help="Use build/firmware.elf as it is (do not rebuild).")
+@click.option("--selftest", is_flag=True,
+              help="Run the self-test firmware (build/selftest.elf, no TFLM needed): HELLO, PING and "
+                   "ROUTE checked against the host routing; no report.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def command(project, backend, data, limit, out, timeout_per_image, no_build, selftest, as_json):
+    """Run PROJECT's firmware under QEMU or Renode on test images; write a report folder."""
+    from toolchain.emulate.evaluation import emulate_project, selftest_project
+
+    if selftest:
+        result = selftest_project(project, backend=backend, timeout_s=timeout_per_image)
+        for line in selftest_summary(result):
+            click.echo(line, err=True)
+        if as_json:
+            click.echo(json.dumps(result))
+        return
+    out = out or (Path(project) / "reports" / backend)
+    report = emulate_project(project, backend=backend, data=data, limit=limit, out=out,
+                             timeout_per_image=timeout_per_image, build=not no_build)
+    for line in summary_lines(report, out):
+        click.echo(line, err=True)
+    if as_json:
+        click.echo(json.dumps({"report_dir": str(Path(out).resolve()), **_headline(report)}))
+
+
+def _headline(report: dict) -> dict:
+    """The JSON numbers (the full report is in REPORT/report.json)."""
+    keys = ("target", "board", "backend", "dataset", "images", "top1", "agreement_device_vs_host",
+            "expert_counts_match_host", "counter", "memory", "experts", "wall_seconds")
+    out = {k: report.get(k) for k in keys}
+    if out.get("agreement_device_vs_host"):
+        out["agreement_device_vs_host"] = {k: v for k, v in out["agreement_device_vs_host"].items()}
+    return out
