@@ -61,6 +61,21 @@ class CounterKind(enum.IntEnum):
     RENODE_INSTRUCTIONS = 2
 
 
+# Flat names for callers that prefer constants (toolchain/emulate uses these).
+MSG_HELLO_REQ, MSG_INFER, MSG_PING, MSG_ROUTE, MSG_STOP = 0x01, 0x02, 0x03, 0x04, 0x05
+MSG_HELLO, MSG_RESULT, MSG_PONG, MSG_ROUTED, MSG_STOPPED = 0x81, 0x82, 0x83, 0x84, 0x85
+MSG_ERROR = 0xE0
+ERR_BAD_CRC, ERR_BAD_LENGTH, ERR_BAD_SIZE, ERR_UNKNOWN_TYPE = 1, 2, 3, 4
+ERR_INVOKE_FAILED, ERR_NO_MODEL, ERR_BAD_LAYER = 5, 6, 7
+
+
+def error_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return f"code_{code}"
+
+
 class ProtocolError(Exception):
     """The device did not answer as the protocol requires (timeout, wrong type, bad payload)."""
 
@@ -72,11 +87,7 @@ class DeviceError(ProtocolError):
         self.code = code
         self.message = message
         self.seq = seq
-        try:
-            name = ErrorCode(code).name.lower()
-        except ValueError:
-            name = f"code {code}"
-        super().__init__(f"device error {name}: {message}")
+        super().__init__(f"device error {error_name(code)}: {message}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,13 @@ class Frame:
     type: int
     seq: int
     payload: bytes
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    """A damaged frame seen on the line (bad CRC or a length above the limit); skipped."""
+    reason: str  # "bad_crc" | "bad_length"
+    seq: int
 
 
 def crc32(data: bytes) -> int:
@@ -103,7 +121,10 @@ class FrameParser:
     `feed(data)` returns complete frames; frames with a bad CRC or a length above
     `max_payload` are counted in `errors` and skipped (rescan after their first sync byte).
     Bytes outside frames (e.g. the firmware's stop sentinel line) are kept in `text`.
+    `FrameDecoder` is the same parser but also returns a `BadFrame` event per damaged frame.
     """
+
+    report_bad_frames = False
 
     def __init__(self, max_payload: int = HOST_MAX_PAYLOAD):
         self.max_payload = max_payload
@@ -129,6 +150,8 @@ class FrameParser:
             length = self.buffer[4] | (self.buffer[5] << 8)
             if length > self.max_payload:
                 self.errors.append(f"bad_length {length}")
+                if self.report_bad_frames:
+                    frames.append(BadFrame("bad_length", self.buffer[3]))
                 del self.buffer[:1]
                 continue
             total = HEADER_BYTES + length + CRC_BYTES
@@ -138,10 +161,18 @@ class FrameParser:
             (crc,) = struct.unpack_from("<I", self.buffer, HEADER_BYTES + length)
             if crc32(body) != crc:
                 self.errors.append("bad_crc")
+                if self.report_bad_frames:
+                    frames.append(BadFrame("bad_crc", self.buffer[3]))
                 del self.buffer[:1]
                 continue
             frames.append(Frame(self.buffer[2], self.buffer[3], bytes(self.buffer[HEADER_BYTES: HEADER_BYTES + length])))
             del self.buffer[:total]
+
+
+class FrameDecoder(FrameParser):
+    """FrameParser whose `feed` also returns `BadFrame` events (for link statistics)."""
+
+    report_bad_frames = True
 
 
 # ---------------------------------------------------------------------------- messages
@@ -257,25 +288,32 @@ def encode_result(counter: int, logits, expert_counts=()) -> bytes:
 
 
 def decode_result(payload: bytes, routed_layers=()) -> Result:
+    """routed_layers: HELLO's RoutedLayerInfo list, or just each layer's expert count."""
+    experts = [r if isinstance(r, (int, np.integer)) else r.num_experts for r in routed_layers]
     if len(payload) < 10:
         raise ProtocolError(f"RESULT payload of {len(payload)} bytes is too short")
     counter, k = struct.unpack_from("<QH", payload, 0)
     pos = 10
-    expected = pos + k + sum(2 * r.num_experts for r in routed_layers)
+    expected = pos + k + sum(2 * e for e in experts)
     if len(payload) != expected:
         raise ProtocolError(f"RESULT payload is {len(payload)} bytes, expected {expected}")
     logits = np.frombuffer(payload, np.int8, k, pos).copy()
     pos += k
     counts = []
-    for r in routed_layers:
-        counts.append(np.frombuffer(payload, "<u2", r.num_experts, pos).astype(np.uint16))
-        pos += 2 * r.num_experts
+    for e in experts:
+        counts.append(np.frombuffer(payload, "<u2", e, pos).astype(np.uint16))
+        pos += 2 * e
     return Result(counter, logits, tuple(counts))
 
 
-def decode_error(frame: Frame) -> DeviceError:
-    code = frame.payload[0] if frame.payload else 0
-    return DeviceError(code, frame.payload[1:].decode("ascii", "replace"), frame.seq)
+def encode_error(code: int, message: str) -> bytes:
+    return bytes([code & 0xFF]) + message.encode("ascii", "replace")
+
+
+def decode_error(payload: bytes) -> tuple[int, str]:
+    """ERROR payload -> (code, message)."""
+    code = payload[0] if payload else 0
+    return code, bytes(payload[1:]).decode("ascii", "replace")
 
 
 # ---------------------------------------------------------------------------- client
@@ -326,7 +364,8 @@ class Client:
                 log.debug("skipping stale frame type 0x%02x seq %d", frame.type, frame.seq)
                 continue
             if frame.type == MsgType.ERROR:
-                raise decode_error(frame)
+                code, message = decode_error(frame.payload)
+                raise DeviceError(code, message, frame.seq)
             if expect is not None and frame.type != expect:
                 raise ProtocolError(f"expected message 0x{expect:02x}, got 0x{frame.type:02x}")
             return frame

@@ -1,18 +1,40 @@
-"""`routevit generate`: plan + segments + board -> TFLM C++ project (see docs/design.md)."""
+"""`routevit generate`: plan + segments + board -> TFLM C++ project (see docs/design.md).
+
+Same inputs give byte-identical output: no timestamps, sorted keys and file lists, and
+provenance (routevit version, plan sha256, board) in the first lines of every file.
+"""
 from __future__ import annotations
 
+import logging
+import math
+import struct
 from pathlib import Path
 
-from toolchain.boards import Board
-from toolchain.generate import render
-from toolchain.protocol import MsgType, encode_frame
+import toolchain
+from toolchain.boards import Board, get_board
+from toolchain.errors import RoutevitError
+from toolchain.fsutil import atomic_output_dir
+from toolchain.generate import memory, render
+from toolchain.generate.plan import Plan, load_plan, tflm_op_methods
+from toolchain.protocol import MsgType, STOP_SENTINEL, encode_frame
 
-STACK_BYTES = 16 * 1024
+log = logging.getLogger("routevit")
+
+STACK_BYTES = 16 * 1024          # call stack of TFLM kernels and the protocol code
+INTERPRETER_OBJECT_BYTES = 512   # one MicroInterpreter (+ its graph) on main()'s stack, rounded up
+OP_REGISTRATION_BYTES = 64       # one op in MicroMutableOpResolver, rounded up
+OTHER_STATICS_BYTES = 1024       # counters, parser state, libc data, rounded up
 MIN_PAYLOAD = 256
+DEFAULT_ARENA_MARGIN_PCT = 10.0
+FORMAT = "routevit-project/1"
+
+
+def _align(n: int, a: int = 16) -> int:
+    return (n + a - 1) // a * a
 
 
 def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict],
-                 extra_payload: int = 0) -> dict:
+                 extra_payload: int = 0, stack_bytes: int = STACK_BYTES) -> dict:
     sizes = render.routing_sizes(routed_layers)
     systick_hz = (board.qemu or {}).get("cpu_clock_hz", board.clock_hz)
     return {
@@ -20,7 +42,7 @@ def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict
         "routed_layers": routed_layers,
         "selftest_layers": list(render.SELFTEST_LAYERS),
         "max_payload": max(MIN_PAYLOAD, sizes["max_route_payload"], extra_payload),
-        "stack_bytes": STACK_BYTES,
+        "stack_bytes": stack_bytes,
         "systick_clock_hz": systick_hz,
         "model_id_literal": render.model_id_literal(plan_sha256),
         "stop_frame_bytes": list(encode_frame(MsgType.STOP, 0, b"\x00")),
@@ -31,3 +53,185 @@ def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict
 def render_selftest_project(board: Board, dest: Path) -> list[str]:
     """A project without a model (only the `selftest` target builds); for tests and bring-up."""
     return render.render_project(Path(dest), board, base_context(board, None, []), with_model=False)
+
+
+def _hex_rows(data: bytes, per_row: int = 16) -> str:
+    rows = []
+    for i in range(0, len(data), per_row):
+        rows.append("    " + ", ".join(f"0x{b:02x}" for b in data[i:i + per_row]) + ",")
+    return "\n".join(rows)
+
+
+def _float_literal(value: float) -> str:
+    # Exact float32 round trip: 9 significant digits.
+    f32 = struct.unpack("<f", struct.pack("<f", value))[0]
+    text = f"{f32:.9g}"
+    if "e" not in text and "." not in text:
+        text += ".0"
+    return text + "f"
+
+
+def arena_plan(plan: Plan, margin_pct: float) -> dict:
+    """One shared MicroAllocator: persistent parts add up, the non-persistent head is reused."""
+    split = all(s.persistent_bytes is not None and s.nonpersistent_bytes is not None for s in plan.segments)
+    if split:
+        measured = (sum(s.persistent_bytes for s in plan.segments)
+                    + max(s.nonpersistent_bytes for s in plan.segments))
+        basis = "sum of the segments' persistent bytes + the largest non-persistent part"
+    else:
+        measured = sum(s.arena_bytes for s in plan.segments)
+        basis = ("sum of the segments' arenas" if len(plan.segments) > 1 else "the segment's arena")
+    # 16 bytes of alignment slack per interpreter on top of the margin
+    total = _align(math.ceil(measured * (1.0 + margin_pct / 100.0)) + 16 * len(plan.segments))
+    return {"measured_bytes": measured, "basis": basis, "margin_pct": margin_pct, "bytes": total}
+
+
+def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, memory.MemoryBudget, dict]:
+    """Template context, memory budget and report details for a plan on a board."""
+    layers = plan.routed_layers
+    # Which segment outputs must survive until later: other segments' inputs, routers, logits.
+    needed = {(plan.logits["segment"], plan.logits["output"])}
+    needed |= {(layer["router"]["segment"], layer["router"]["output"]) for layer in layers}
+    for seg in plan.segments:
+        for entry in seg.inputs:
+            if entry["source"]["kind"] == "segment_output":
+                needed.add((entry["source"]["segment"], entry["source"]["output"]))
+    stage = {key: f"g_stage_{key[0]}_{key[1]}" for key in sorted(needed)}
+    stages = [{"symbol": sym, "segment": s, "output": o, "name": plan.segments[s].outputs[o].get("name", ""),
+               "bytes": plan.segments[s].outputs[o]["model"]["bytes"]} for (s, o), sym in sorted(stage.items())]
+
+    seg_ctx = []
+    for seg in plan.segments:
+        inputs = []
+        for i, entry in enumerate(seg.inputs):
+            src = entry["source"]
+            kind = src["kind"]
+            requant = entry.get("requantize") if kind == "segment_output" else None
+            if kind == "image":
+                expr, text = "frame.payload", "the INFER payload (int8 image)"
+                if requant:
+                    expr = "reinterpret_cast<const int8_t*>(frame.payload)"
+            elif kind == "segment_output":
+                expr = stage[(src["segment"], src["output"])]
+                text = f"segment {src['segment']} output {src['output']}"
+            else:
+                expr = f"g_{kind}_{src['routed_layer']}"
+                text = f"routed layer {src['routed_layer']} {kind} indices"
+            inputs.append({"index": i, "name": entry.get("name", ""), "src": expr, "source_text": text,
+                           "bytes": entry["model"]["bytes"], "requantize": requant})
+        outputs = [{"index": o, "stage": stage.get((seg.index, o))} for o in range(len(seg.outputs))]
+        routes_after = [{"index": layer["index"], "name": layer.get("name", f"routed layer {layer['index']}"),
+                         "router_stage": stage[(layer["router"]["segment"], layer["router"]["output"])]}
+                        for layer in layers if layer["router"]["segment"] == seg.index]
+        seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(seg.data),
+                        "hex_rows": _hex_rows(seg.data), "inputs": inputs, "outputs": outputs,
+                        "routes_after": routes_after})
+
+    arena = arena_plan(plan, margin_pct)
+    shape = [int(v) for v in plan.input["shape"]]
+    input_bytes = math.prod(shape)
+    result_bytes = 10 + plan.num_classes + sum(2 * layer["num_experts"] for layer in layers)
+    ops = plan.ops
+    stack_bytes = _align(STACK_BYTES + INTERPRETER_OBJECT_BYTES * len(plan.segments)
+                         + OP_REGISTRATION_BYTES * len(ops), 1024)
+    ctx = base_context(board, plan.sha256, [dict(layer, name=layer.get("name", f"routed layer {layer['index']}"))
+                                            for layer in layers],
+                       extra_payload=max(input_bytes, result_bytes), stack_bytes=stack_bytes)
+    ctx.update({
+        "segments": seg_ctx, "stages": stages, "arena": arena, "ops": ops, "op_methods": tflm_op_methods(),
+        "num_classes": plan.num_classes,
+        "logits": {"stage": stage[(plan.logits["segment"], plan.logits["output"])]},
+        "input": {"shape": shape, "bytes": input_bytes, "scale_literal": _float_literal(float(plan.input["scale"])),
+                  "zero_point": int(plan.input["zero_point"])},
+    })
+
+    budget = memory.MemoryBudget(board)
+    model_region, arena_region = board.placement["model"], board.placement["arena"]
+    for seg in plan.segments:
+        budget.add(f"model weights ({seg.file})", _align(len(seg.data)), model_region)
+    budget.add("code: TFLM runtime + kernels for " + f"{len(ops)} ops + routevit", memory.code_estimate(ops),
+               "flash", estimate=True)
+    budget.add("tensor arena (shared by all segments)", arena["bytes"], arena_region)
+    if stages:
+        budget.add("staging buffers (segment outputs kept between segments)",
+                   sum(_align(s["bytes"]) for s in stages), "ram")
+    routing_bytes = sum(4 * l["num_experts"] * l["capacity"] + 4 * l["top_k"] * l["num_patches"]
+                        + 2 * l["num_experts"] for l in layers)
+    routing_bytes += 4 * ctx["max_dispatch_slots"] + 4 * ctx["max_combine_slots"] + 2 * ctx["max_experts"]
+    budget.add("routing index buffers (dispatch, combine, counts)", routing_bytes, "ram")
+    budget.add("protocol buffers (frame parser + answer)", 2 * ctx["max_payload"] + 16, "ram")
+    budget.add("stack (incl. interpreters and op resolver in main())", stack_bytes, "ram")
+    budget.add("other statics", OTHER_STATICS_BYTES, "ram", estimate=True)
+
+    details = {
+        "arena": arena,
+        "segments": [{"file": s.file, "bytes": len(s.data), "sha256": s.sha256, "arena_bytes": s.arena_bytes,
+                      "persistent_bytes": s.persistent_bytes, "nonpersistent_bytes": s.nonpersistent_bytes}
+                     for s in plan.segments],
+        "staging": stages and [{k: s[k] for k in ("segment", "output", "name", "bytes")} for s in stages],
+        "routed_layers": [{"name": l.get("name", ""), "num_patches": l["num_patches"], "num_experts": l["num_experts"],
+                           "capacity": l["capacity"], "top_k": l["top_k"], "patch_area": l["patch_area"],
+                           "dim": l["dim"], "expert_buffer_bytes": l["capacity"] * l["patch_area"] * l["dim"]}
+                          for l in layers],
+        "stack_bytes": stack_bytes,
+        "max_payload": ctx["max_payload"],
+    }
+    return ctx, budget, details
+
+
+def project_json(plan: Plan, board: Board, ctx: dict, details: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "generated_by": render.header_lines(plan.sha256, board.id)[0],
+        "routevit_version": toolchain.__version__,
+        "board": board.id,
+        "core": board.core,
+        "core_family": board.core_family,
+        "cpu_flags": list(board.cpu_flags),
+        "fpu": board.fpu,
+        "ops": ctx["ops"],
+        "arena_bytes": ctx["arena"]["bytes"],
+        "plan_sha256": plan.sha256,
+        "segments": [{"file": s["file"], "bytes": s["bytes"], "sha256": s["sha256"]} for s in details["segments"]],
+        "num_classes": plan.num_classes,
+        "input": {"shape": ctx["input"]["shape"], "scale": float(plan.input["scale"]),
+                  "zero_point": int(plan.input["zero_point"])},
+        "routed_layers": [{k: l[k] for k in ("num_patches", "num_experts", "capacity", "top_k")}
+                          for l in plan.routed_layers],
+        "qemu": {"machine": board.qemu["machine"]} if board.qemu else None,
+        "renode": board.renode,
+        "clock_hz": board.clock_hz,
+        "counter": board.counter,
+        "uart": {"name": board.uart["name"], "kind": board.uart["kind"], "base": board.uart["base"],
+                 "baud": board.uart["baud"]},
+        "protocol": {"version": render.PROTOCOL_VERSION, "max_payload": ctx["max_payload"],
+                     "stop_sentinel": STOP_SENTINEL.decode()},
+        "targets": {"firmware": "build/firmware.elf", "selftest": "build/selftest.elf"},
+        "make_variables": ["TFLM_INCLUDES", "TFLM_LIB", "TFLM_DEFINES", "CROSS_COMPILE", "BUILD_DIR", "OPT_FLAGS"],
+    }
+
+
+def generate(exp_dir: Path, board_id: str, out: Path,
+             arena_margin_pct: float = DEFAULT_ARENA_MARGIN_PCT) -> dict:
+    """Check everything, then write the project atomically. Returns a summary dict."""
+    if not 0 <= arena_margin_pct <= 1000:
+        raise RoutevitError(f"--arena-margin {arena_margin_pct}: must be between 0 and 1000 (percent)")
+    board = get_board(board_id)
+    plan = load_plan(Path(exp_dir))
+    ctx, budget, details = model_context(plan, board, arena_margin_pct)
+    overflow = budget.overflow_message()
+    if overflow:
+        raise RoutevitError(f"{plan.path}: the model does not fit {board.id}: {overflow}; choose a board with "
+                            "more memory (`routevit boards`) or a smaller model (width, experts, expert size)")
+    header = render.header_lines(plan.sha256, board.id)
+    report = memory.report_json(budget, header[0], details)
+    with atomic_output_dir(Path(out)) as tmp:
+        files = render.render_project(tmp, board, ctx, with_model=True)
+        (tmp / "project.json").write_text(render.dump_json(project_json(plan, board, ctx, details)))
+        (tmp / "memory_report.json").write_text(render.dump_json(report))
+        (tmp / "memory_report.md").write_text(memory.report_markdown(budget, header, details) + "\n")
+        files += ["memory_report.json", "memory_report.md", "project.json"]
+    log.info("generated %s for %s from %s", out, board.id, plan.path)
+    return {"project": str(Path(out).resolve()), "board": board.id, "plan_sha256": plan.sha256,
+            "files": sorted(files), "arena_bytes": ctx["arena"]["bytes"], "ops": ctx["ops"],
+            "memory": {r["region"]: {"used": r["used"], "size": r["size"]} for r in report["regions"]}}
