@@ -49,12 +49,15 @@ def selftest_summary(result: dict) -> list[str]:
               help="Report folder [default: PROJ/reports/BACKEND].")
 @click.option("--timeout-per-image", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
               help="Seconds to wait for one inference before declaring the firmware hung.")
+@click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The export (EXP) the project was generated from, for the host reference "
+                   "[default: the one project.json names].")
 @click.option("--no-build", is_flag=True, help="Use build/firmware.elf as it is (do not rebuild).")
 @click.option("--selftest", is_flag=True,
               help="Run the self-test firmware (build/selftest.elf, no TFLM needed): HELLO, PING and "
                    "ROUTE checked against the host routing; no report.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(project, backend, data, limit, out, timeout_per_image, no_build, selftest, as_json):
+def command(project, backend, data, limit, out, timeout_per_image, export_dir, no_build, selftest, as_json):
     """Run PROJECT's firmware under QEMU or Renode on test images; write a report folder."""
     from toolchain.emulate.evaluation import emulate_project, selftest_project
 
@@ -67,7 +70,7 @@ def command(project, backend, data, limit, out, timeout_per_image, no_build, sel
         return
     out = out or (Path(project) / "reports" / backend)
     report = emulate_project(project, backend=backend, data=data, limit=limit, out=out,
-                             timeout_per_image=timeout_per_image, build=not no_build)
+                             timeout_per_image=timeout_per_image, build=not no_build, export_dir=export_dir)
     for line in summary_lines(report, out):
         click.echo(line, err=True)
     if as_json:
@@ -82,3 +85,20 @@ def _headline(report: dict) -> dict:
     if out.get("agreement_device_vs_host"):
         out["agreement_device_vs_host"] = {k: v for k, v in out["agreement_device_vs_host"].items()}
     return out
+
+
+def evaluate_port(project: Path, port: str, *, baud: int = 115200, data: str = "fashion-mnist",
+                  limit: int = 200, out: Path | None = None, timeout_per_image: float = 120.0,
+                  export_dir: Path | None = None, as_json: bool = False) -> dict:
+    """`routevit evaluate PROJ --port DEV`: the same session and report as `emulate`, against a
+    board on a serial port. Called by toolchain/cli/evaluate.py when --port is given."""
+    from toolchain.emulate.evaluation import evaluate_on_port
+
+    out = out or (Path(project) / "reports" / "board")
+    report = evaluate_on_port(project, port=port, baud=baud, data=data, limit=limit, out=out,
+                              timeout_per_image=timeout_per_image, export_dir=export_dir)
+    for line in summary_lines(report, out):
+        click.echo(line, err=True)
+    if as_json:
+        click.echo(json.dumps({"report_dir": str(Path(out).resolve()), **_headline(report)}))
+    return report

@@ -68,7 +68,11 @@ class Project:
         return int.from_bytes(bytes.fromhex(sha)[:8], "little") if sha else None
 
 
-def load_project(root: Path) -> Project:
+def load_project(root: Path, export_dir: Path | None = None) -> Project:
+    """Read PROJ/project.json and the export's plan.json (from `export_dir`, PROJ/plan.json or
+    the export folder project.json names); the plan must be the one the project was made from."""
+    import hashlib
+
     from toolchain.boards import get_board
 
     root = Path(root).resolve()
@@ -81,14 +85,27 @@ def load_project(root: Path) -> Project:
     except json.JSONDecodeError as exc:
         raise RoutevitError(f"{meta_path}: not valid JSON ({exc}); regenerate the project") from None
     board = get_board(meta.get("board", ""))
-    plan_path = _find_plan(root, meta)
-    plan = json.loads(plan_path.read_text()) if plan_path else None
+    if export_dir is not None:
+        plan_path = Path(export_dir) / "plan.json"
+        if not plan_path.is_file():
+            raise RoutevitError(f"{export_dir}: no plan.json; give the folder `routevit export` wrote")
+        plan_path = plan_path.resolve()
+    else:
+        plan_path = _find_plan(root, meta)
+    plan = None
+    if plan_path:
+        data = plan_path.read_bytes()
+        expected = meta.get("plan_sha256")
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise RoutevitError(f"{plan_path}: is not the plan {root.name} was generated from (sha256 differs); "
+                                "give the right export with --export EXP or regenerate the project")
+        plan = json.loads(data)
     return Project(root=root, meta=meta, plan=plan, plan_path=plan_path, board=board)
 
 
 def _find_plan(root: Path, meta: dict) -> Path | None:
     candidates = [root / "plan.json"]
-    for key in ("plan", "plan_path", "export", "export_dir"):
+    for key in ("export_dir", "export", "plan", "plan_path"):
         value = meta.get(key)
         if isinstance(value, str) and value:
             path = Path(value)
@@ -299,8 +316,8 @@ def run_evaluation(link: Link, project: Project, *, data: str, limit: int, out: 
     from toolchain.report import build_report, write_report
 
     if project.plan is None:
-        raise RoutevitError(f"{project.root}: the project names no plan.json; regenerate it from an export "
-                            "with `routevit generate EXP --board B --out PROJ`")
+        raise RoutevitError(f"{project.root}: cannot find the export this project was generated from; "
+                            "give it with --export EXP")
     images_u8, labels, class_names = load_test_images(data, project.plan, limit)
     images_q = quantize_images(project.plan, images_u8)
     notes = []
@@ -354,8 +371,9 @@ def open_backend(project: Project, backend: str, elf: Path, workdir: Path | None
 
 
 def emulate_project(project_dir: Path, *, backend: str, data: str, limit: int, out: Path | None,
-                    timeout_per_image: float = 60.0, build: bool = True, progress: bool = True) -> dict:
-    project = load_project(project_dir)
+                    timeout_per_image: float = 60.0, build: bool = True, progress: bool = True,
+                    export_dir: Path | None = None) -> dict:
+    project = load_project(project_dir, export_dir)
     elf = ensure_built(project) if build else project.elf
     workdir = Path(tempfile.mkdtemp(prefix=f"routevit-{backend}-"))
     link = open_backend(project, backend, elf, workdir)
@@ -367,10 +385,11 @@ def emulate_project(project_dir: Path, *, backend: str, data: str, limit: int, o
 
 
 def evaluate_on_port(project_dir: Path, *, port: str, baud: int, data: str, limit: int, out: Path | None,
-                     timeout_per_image: float = 60.0, progress: bool = True) -> dict:
+                     timeout_per_image: float = 60.0, progress: bool = True,
+                     export_dir: Path | None = None) -> dict:
     from toolchain.emulate.serialport import open_serial_port
 
-    project = load_project(project_dir)
+    project = load_project(project_dir, export_dir)
     link = open_serial_port(port, baud)
     try:
         return run_evaluation(link, project, data=data, limit=limit, out=out,
