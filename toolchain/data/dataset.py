@@ -1,7 +1,7 @@
 """The common Dataset object: class names, splits of uint8 images, and tf.data pipelines.
 
 Every dataset ends up as uint8 arrays per split (`SplitArrays`, [N, S, S, C_native]); the
-pipelines cut/resize them to the model's image size, convert channels, round back to uint8
+pipelines cut/pad/resize them to the model's image size, convert channels, round back to uint8
 (so the float model sees exactly the pixels a microcontroller is sent) and then normalise.
 Randomness (shuffle, crop, flip) comes only from (seed, epoch, position), so an epoch's
 batches are the same whether or not training was interrupted before it.
@@ -90,12 +90,13 @@ class Dataset:
         name: the name it was loaded by, e.g. ``"fashion-mnist"`` or ``"ssw60:/data/ssw60"``.
         class_names: one name per label, label i -> class_names[i].
         channels: channels of the stored images (1 grayscale, 3 RGB).
-        style: ``"native"``: stored at their own size, resized to the model's (Fashion-MNIST);
+        style: ``"native"``: stored at their own size (Fashion-MNIST); padded with background
+            up to a model size at most 1/4 larger, resized otherwise;
             ``"photo"``: stored a little larger than the model's input, training crops at
             random, evaluation takes the centre (SSW60, folders).
         split_sizes: number of examples per split.
         arrays_for_size: stored-size -> {split: SplitArrays}; called once per stored size.
-        native_size: the stored size for ``"native"`` datasets (images are resized from it).
+        native_size: the stored size of ``"native"`` datasets.
 
     Example:
         >>> ds = load_dataset("folder:/data/flowers")   # doctest: +SKIP
@@ -248,7 +249,14 @@ class Dataset:
 
         pixels = tf.cast(image, tf.float32)
         changed = False
-        if int(image.shape[0]) != image_size:
+        side = int(image.shape[0])
+        if side < image_size <= side + side // 4:
+            # A little larger than the stored images (Fashion-MNIST's 28 -> 32): pad with the
+            # background instead of interpolating, so every pixel stays exactly as stored.
+            before = (image_size - side) // 2
+            after = image_size - side - before
+            pixels = tf.pad(pixels, [[before, after], [before, after], [0, 0]])
+        elif side != image_size:
             pixels = tf.image.resize(pixels, (image_size, image_size), method="bilinear", antialias=True)
             changed = True
         if native_channels == 1 and channels == 3:
