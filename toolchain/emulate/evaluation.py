@@ -261,15 +261,36 @@ def host_reference(project: Project, images_u8: np.ndarray, progress: bool = Tru
 
 
 def memory_summary(project: Project) -> dict:
-    """Flash/RAM/arena figures from PROJ/memory_report.json and PROJ/build/size.json."""
+    """Flash/RAM/arena figures: the generator's budget (PROJ/memory_report.json) and what the
+    linker placed (PROJ/build/size.json, written by `routevit build`)."""
     memory = {}
-    for name, path in (("memory_report", project.root / "memory_report.json"),
-                       ("size", project.root / "build" / "size.json")):
-        if path.is_file():
-            try:
-                memory[name] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                log.warning("%s: not valid JSON; left out of the report", path)
+    report_path = project.root / "memory_report.json"
+    if report_path.is_file():
+        try:
+            report = json.loads(report_path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s: not valid JSON; left out of the report", report_path)
+            report = {}
+        arena = report.get("arena") or {}
+        memory["arena_bytes"] = arena.get("bytes", project.meta.get("arena_bytes"))
+        if arena.get("measured_bytes") is not None:
+            memory["arena_measured_on_host_bytes"] = arena["measured_bytes"]
+        if report.get("stack_bytes") is not None:
+            memory["stack_bytes"] = report["stack_bytes"]
+        segments = report.get("segments") or []
+        if segments:
+            memory["model_bytes"] = sum(int(s.get("bytes", 0)) for s in segments)
+        for region in report.get("regions") or []:
+            memory[f"{region['region']}_budget_used_bytes"] = region.get("used")
+            memory[f"{region['region']}_size_bytes"] = region.get("size")
+    size_path = project.root / "build" / "size.json"
+    if size_path.is_file():
+        try:
+            size = json.loads(size_path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s: not valid JSON; left out of the report", size_path)
+            size = {}
+        memory["linked"] = {k: v for k, v in size.items() if isinstance(v, (int, float, dict))}
     return memory
 
 
