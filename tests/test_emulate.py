@@ -41,6 +41,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def qemu_pids(needle: str = "") -> list[int]:
+    """Live qemu-system-arm processes whose command line contains `needle`."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system-arm" in cmdline and needle.encode() in cmdline and pid_alive(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
 def wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -389,17 +402,6 @@ def test_renode_robot_suite_passes(selftest_project):
 
 # -- with TFLM: a model firmware against the host reference --------------------------------------
 
-def tflm_available() -> str | None:
-    try:
-        from toolchain.tflm.tree import find_tree  # the tflm helper's lookup of a set-up tree
-    except ImportError:
-        return "toolchain.tflm has no tree lookup yet"
-    try:
-        return None if find_tree() else "no TFLM tree: run `routevit setup-tflm`"
-    except Exception as exc:  # a missing tree is reported as an error by some versions
-        return f"no TFLM tree ({exc}); run `routevit setup-tflm`"
-
-
 def fmnist_export() -> Path | None:
     """An export of a Fashion-MNIST routed model: $ROUTEVIT_TEST_EXPORT or the newest under runs/."""
     env = os.environ.get("ROUTEVIT_TEST_EXPORT")
@@ -410,13 +412,78 @@ def fmnist_export() -> Path | None:
     return routed[-1].parent if routed else None
 
 
+@pytest.fixture(scope="module")
+def tiny_model_project(tmp_path_factory):
+    """The tiny int8 CNN export (tests/export_fixture.py) generated for mps2-an386 and built."""
+    from tflm_support import tflm_tree
+
+    tflm_tree()
+    from export_fixture import make_tiny_export
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    export = make_tiny_export(root / "exp")
+    project = root / "proj"
+    for args in (("generate", export, "--board", "mps2-an386", "--out", project), ("build", project)):
+        result = run_routevit(*args, timeout=3600)
+        assert result.returncode == 0, result.stderr
+    return export, project
+
+
+@pytest.mark.tflm
+def test_emulate_model_firmware_matches_host_and_repeats(tiny_model_project, tmp_path):
+    export, project = tiny_model_project
+    reports = []
+    for run in range(2):
+        out = tmp_path / f"report-{run}"
+        result = run_routevit("emulate", project, "--data", "fashion-mnist", "--limit", "24", "--export", export,
+                              "--out", out, "--json", timeout=600)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["agreement_device_vs_host"]["bit_exact_rate"] == 1.0
+        reports.append(json.loads((out / "report.json").read_text()))
+    counters = [[row["counter"] for row in r["per_image"]] for r in reports]
+    assert counters[0] == counters[1] and min(counters[0]) > 10_000
+    assert reports[0]["counter"]["kind"] == 0 and reports[0]["memory"]["arena_bytes"] > 0
+    for name in ("report.md", "accuracy.png", "confusion.png"):
+        assert (tmp_path / "report-0" / name).is_file()
+
+
+@pytest.mark.tflm
+def test_evaluate_port_uses_the_same_session_against_qemu_behind_a_pty(tiny_model_project, tmp_path):
+    from toolchain.cli.emulate import evaluate_port
+    from toolchain.emulate.qemu import open_qemu_pty
+
+    export, project = tiny_model_project
+    proc, device = open_qemu_pty(project / "build" / "firmware.elf", "mps2-an386")
+    try:
+        report = evaluate_port(project, device, data="fashion-mnist", limit=8, out=tmp_path / "board",
+                               export_dir=export)
+    finally:
+        proc.kill()
+    assert report["backend"] == "serial" and report["target"] == device
+    assert report["agreement_device_vs_host"]["bit_exact_images"] == 8
+
+
+@pytest.mark.tflm
+def test_hung_inference_is_reported_and_qemu_reaped(tiny_model_project, tmp_path):
+    """A per-image timeout far below one inference's time: exit 2, one line with the UART bytes."""
+    export, project = tiny_model_project
+    result = run_routevit("emulate", project, "--limit", "2", "--export", export, "--out", tmp_path / "r",
+                          "--timeout-per-image", "0.1", "--no-build", timeout=300)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "INFER image 0: no answer within 0.1 s" in lines[0] and "last UART bytes:" in lines[0]
+    assert not (tmp_path / "r").exists()
+    assert qemu_pids(str(project)) == [], "a QEMU running this project's firmware was left behind"
+
+
 @pytest.mark.tflm
 @pytest.mark.slow
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500"])
-def test_model_firmware_is_bit_exact_with_host_reference(board, tmp_path):
-    reason = tflm_available()
-    if reason:
-        pytest.skip(reason)
+def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, tmp_path):
+    from tflm_support import tflm_tree
+
+    tflm_tree()
     export = fmnist_export()
     if export is None:
         pytest.skip("no routed Fashion-MNIST export under runs/ (set ROUTEVIT_TEST_EXPORT=EXP)")
@@ -426,16 +493,15 @@ def test_model_firmware_is_bit_exact_with_host_reference(board, tmp_path):
     reports = []
     for run in range(2):
         out = tmp_path / f"report-{run}"
-        result = run_routevit("emulate", project, "--backend", "qemu", "--data", "fashion-mnist",
-                              "--limit", "200", "--out", out, "--json", timeout=3600)
+        result = run_routevit("emulate", project, "--backend", "qemu", "--data", "fashion-mnist", "--limit", "200",
+                              "--export", export, "--out", out, "--json", timeout=3600)
         assert result.returncode == 0, result.stderr
         reports.append(json.loads((out / "report.json").read_text()))
-    first, second = reports
+    first = reports[0]
     agreement = first["agreement_device_vs_host"]
     assert agreement["images"] == 200
     assert agreement["bit_exact_rate"] == 1.0, agreement["mismatched_images"]
     assert first["expert_counts_match_host"] is True
-    assert first["counter"]["kind"] == 0
     counters = [[row["counter"] for row in r["per_image"]] for r in reports]
     assert counters[0] == counters[1], "instruction counts must be identical run to run under -icount"
     for name in ("report.md", "accuracy.png", "routing_map.png", "experts.png", "confusion.png"):
