@@ -469,10 +469,10 @@ def test_hung_inference_is_reported_and_qemu_reaped(tiny_model_project, tmp_path
     """A per-image timeout far below one inference's time: exit 2, one line with the UART bytes."""
     export, project = tiny_model_project
     result = run_routevit("emulate", project, "--limit", "2", "--export", export, "--out", tmp_path / "r",
-                          "--timeout-per-image", "0.1", "--no-build", timeout=300)
+                          "--timeout-per-image", "0.001", "--no-build", timeout=300)
     assert result.returncode == 2
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "INFER image 0: no answer within 0.1 s" in lines[0] and "last UART bytes:" in lines[0]
+    assert len(lines) == 1 and "INFER image 0: no answer within 0.001 s" in lines[0] and "last UART bytes:" in lines[0]
     assert not (tmp_path / "r").exists()
     assert qemu_pids(str(project)) == [], "a QEMU running this project's firmware was left behind"
 

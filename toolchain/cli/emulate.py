@@ -47,7 +47,7 @@ def selftest_summary(result: dict) -> list[str]:
               help="Number of test images.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder [default: PROJ/reports/BACKEND].")
-@click.option("--timeout-per-image", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+@click.option("--timeout-per-image", type=click.FloatRange(min=0.001), default=120.0, show_default=True,
               help="Seconds to wait for one inference before declaring the firmware hung.")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="The export (EXP) the project was generated from, for the host reference "

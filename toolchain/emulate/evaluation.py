@@ -294,6 +294,17 @@ def memory_summary(project: Project) -> dict:
     return memory
 
 
+def _counter_kind(device: DeviceRun | None, link: Link | None) -> int | None:
+    if device is None:
+        return None
+    kind = device.hello.counter_kind
+    # The firmware cannot tell QEMU from Renode: its SysTick instruction count (kind 0) is
+    # Renode's virtual-time count when Renode runs it (kind 2).
+    if link is not None and link.backend == "renode" and kind == 0:
+        return 2
+    return kind
+
+
 def build_record(project: Project, link: Link, dataset: str, labels, class_names, device: DeviceRun | None,
                  host: dict | None, maps: list, notes: list[str]) -> dict:
     plan = project.plan or {}
@@ -307,7 +318,7 @@ def build_record(project: Project, link: Link, dataset: str, labels, class_names
         "target": link.target if link else None,
         "board": project.board.id,
         "clock_hz": project.clock_hz,
-        "counter_kind": device.hello.counter_kind if device else None,
+        "counter_kind": _counter_kind(device, link),
         "dataset": dataset,
         "project": str(project.root),
         "class_names": class_names,

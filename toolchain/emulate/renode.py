@@ -27,6 +27,7 @@ RENODE_BINARY = "renode"
 # The project's Renode script (firmware_templates/project/renode/run.resc.j2, written by
 # `routevit generate`): variables $bin (ELF) and $port (UART server socket); it ends with `start`.
 PROJECT_RESC = Path("renode") / "run.resc"
+RENODE_MIPS = 1000
 
 
 def renode_binary() -> str | None:
@@ -56,7 +57,10 @@ def renode_argv(resc: Path, elf: Path, uart_port: int, robot_port: int) -> list[
     return [renode_binary() or RENODE_BINARY, "--disable-gui", "--plain",
             "--robot-server-port", str(robot_port),
             "-e", f"$bin=@{elf}", "-e", f"$port={uart_port}",
-            "-e", f"include @{resc}"]
+            "-e", f"include @{resc}",
+            # One instruction per virtual nanosecond, as QEMU -icount shift=0: the firmware's
+            # SysTick-based counter then reads instructions under Renode too.
+            "-e", f"sysbus.cpu PerformanceInMips {RENODE_MIPS}"]
 
 
 class RenodeMonitor:
