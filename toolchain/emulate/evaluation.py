@@ -220,33 +220,43 @@ def run_on_device(session: Session, images_q: np.ndarray, *, timeout_per_image: 
                      counters=counters, expert_counts=experts, wall_seconds=time.monotonic() - start)
 
 
-def device_routing_maps(session: Session, host: dict | None, plan: dict, images_u8, labels,
+def device_routing_maps(session: Session | None, host: dict | None, plan: dict, images_u8, labels,
                         count: int = ROUTING_MAP_IMAGES) -> list[dict]:
-    """Per-patch expert of the first images: the host's int8 router scores sent through the
-    device's own routing code (ROUTE); falls back to the host's routing if ROUTE fails."""
+    """Per-patch expert of the first images, for the routing map.
+
+    With the host's int8 router scores, the device's own routing code decides (ROUTE request),
+    so the map shows what the firmware did; without a device (or if ROUTE fails) the host's
+    routing of the same scores is drawn, or the host reference's own per-patch assignments."""
     from toolchain.report.metrics import assignment_from_combine
     from toolchain.routing import route
 
-    if not host or not host.get("router_scores"):
-        return []
-    maps = []
     layers = plan.get("routed_layers") or []
-    for i in range(min(count, len(images_u8), len(host["router_scores"]))):
+    if not host or not layers:
+        return []
+    scores_all = host.get("router_scores")
+    assignments_all = host.get("assignments")
+    available = len(scores_all) if scores_all is not None else (len(assignments_all) if assignments_all is not None else 0)
+    maps = []
+    for i in range(min(count, len(images_u8), available)):
         entry = {"index": i, "image": images_u8[i], "label": int(labels[i]), "layers": []}
         for r, layer in enumerate(layers):
-            scores = np.asarray(host["router_scores"][i][r], dtype=np.int8).reshape(
-                int(layer["num_patches"]), int(layer["num_experts"]))
-            source = "device routing"
-            try:
-                routed = session.route(r, scores)
-                combine = routed.combine
-            except DeviceError as exc:
-                log.warning("ROUTE on the device failed (%s); drawing the host's routing", exc)
-                _, combine, _ = route(scores, int(layer["capacity"]), top_k=int(layer.get("top_k", 1)))
+            n, e, c = int(layer["num_patches"]), int(layer["num_experts"]), int(layer["capacity"])
+            if scores_all is None:
+                entry["layers"].append({"assignment": [int(a) for a in assignments_all[i][r]][:n],
+                                        "source": "host routing"})
+                continue
+            scores = np.asarray(scores_all[i][r], dtype=np.int8).reshape(n, e)
+            combine, source = None, "device routing"
+            if session is not None:
+                try:
+                    combine = session.route(r, scores).combine
+                except DeviceError as exc:
+                    log.warning("ROUTE on the device failed (%s); drawing the host's routing", exc)
+            if combine is None:
+                _, combine, _ = route(scores, c, top_k=int(layer.get("top_k", 1)))
                 source = "host routing"
-            entry["layers"].append({"assignment": assignment_from_combine(
-                combine, int(layer["num_patches"]), int(layer["capacity"]), int(layer["num_experts"])).tolist(),
-                "source": source})
+            entry["layers"].append({"assignment": assignment_from_combine(combine, n, c, e).tolist(),
+                                    "source": source})
         maps.append(entry)
     return maps
 
@@ -499,3 +509,33 @@ def _hello_json(hello) -> dict:
     data = dataclasses.asdict(hello)
     data["model_id"] = f"{hello.model_id:016x}"
     return data
+
+
+# -- host only (no device) ---------------------------------------------------------------------
+
+def host_only_report(export_dir: Path, *, data: str, limit: int, out: Path, notes: list[str] | None = None,
+                     progress: bool = True) -> dict:
+    """A report of the host reference alone (what ran when no firmware could be built)."""
+    from toolchain.report import write_report
+
+    plan_path = Path(export_dir) / "plan.json"
+    if not plan_path.is_file():
+        raise RoutevitError(f"{export_dir}: no plan.json; give the folder `routevit export` wrote")
+    plan = json.loads(plan_path.read_text())
+    images_u8, labels, class_names = load_test_images(data, plan, limit)
+    from toolchain.hostref import reference_outputs
+
+    host = reference_outputs(Path(export_dir), images_u8, progress=progress)
+    seg = plan["segments"][plan["logits"]["segment"]]["outputs"][plan["logits"]["output"]]
+    record = {
+        "backend": "host", "target": "host reference (tflite-micro wheel)", "board": None, "dataset": data,
+        "project": str(Path(export_dir).resolve()), "class_names": class_names, "labels": labels,
+        "logits_quant": {"scale": seg["scale"], "zero_point": seg["zero_point"]},
+        "routed_layers": plan.get("routed_layers") or [],
+        "host": {"logits": host["logits"], "expert_counts": host.get("expert_counts")},
+        "routing_maps": device_routing_maps(None, host, plan, images_u8, labels),
+        "notes": list(notes or []),
+    }
+    if host.get("float_logits") is not None:
+        record["float"] = {"logits": host["float_logits"]}
+    return write_report(record, Path(out))
