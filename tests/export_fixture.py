@@ -1,7 +1,7 @@
 """A real, tiny export folder (plan.json + segment_0.tflite) for generator/firmware tests.
 
 A small Keras CNN is converted to full-int8 TFLite with TF's converter; its arena is measured
-with the tflite-micro wheel (smallest arena its interpreter accepts and invokes with). One
+with the tflite-micro wheel's recording allocator. One
 segment, no routed layers: the plan format of docs/design.md without the MoE parts.
 """
 from __future__ import annotations
@@ -45,29 +45,39 @@ def tiny_cnn_tflite(seed: int = 0, dense_units: int = 0) -> bytes:
     return converter.convert()
 
 
-def measure_arena(model: bytes) -> int:
-    """Smallest arena (16-byte steps) with which the tflite-micro wheel allocates and invokes."""
+def measure_arena(model: bytes) -> dict:
+    """Arena figures from the tflite-micro wheel's RecordingMicroAllocator (after one Invoke):
+    {"arena_bytes": total, "persistent_bytes": tail, "nonpersistent_bytes": head}."""
+    import ctypes
+    import os
+    import re
+    import sys
+    import tempfile
+
     from tflite_micro.python.tflite_micro import runtime
 
-    def works(size: int) -> bool:
+    interpreter = runtime.Interpreter.from_bytes(model, arena_size=max(1 << 20, 8 * len(model)))
+    interpreter.invoke()
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as capture:
+        for fd in saved:  # PrintAllocations writes through the C runtime's log
+            os.dup2(capture.fileno(), fd)
         try:
-            interpreter = runtime.Interpreter.from_bytes(model, arena_size=size)
-            interpreter.invoke()
-            return True
-        except Exception:
-            return False
-
-    high = 4096
-    while not works(high):
-        high *= 2
-    low = 16
-    while high - low > 16:
-        mid = (low + high) // 2 // 16 * 16
-        if works(mid):
-            high = mid
-        else:
-            low = mid
-    return high
+            interpreter.print_allocations()
+            libc.fflush(None)
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    figures = {key: int(re.search(rf"Arena allocation {key} (\d+) bytes", text).group(1))
+               for key in ("total", "head", "tail")}
+    return {"arena_bytes": figures["total"], "persistent_bytes": figures["tail"],
+            "nonpersistent_bytes": figures["head"]}
 
 
 def tensor_entry(detail: dict, name: str) -> dict:
@@ -76,7 +86,7 @@ def tensor_entry(detail: dict, name: str) -> dict:
             "dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point)}
 
 
-def write_export(out: Path, model: bytes, arena_bytes: int | None = None) -> Path:
+def write_export(out: Path, model: bytes) -> Path:
     """Write EXP/segment_0.tflite and EXP/plan.json for a one-segment model."""
     import tensorflow as tf
 
@@ -96,8 +106,7 @@ def write_export(out: Path, model: bytes, arena_bytes: int | None = None) -> Pat
                             "normalization": {"mean": [0.5], "std": [0.5]}}},
         "segments": [{
             "index": 0, "file": "segment_0.tflite", "sha256": hashlib.sha256(model).hexdigest(),
-            "bytes": len(model), "ops": ops,
-            "arena_bytes": int(arena_bytes if arena_bytes is not None else measure_arena(model)),
+            "bytes": len(model), "ops": ops, **measure_arena(model),
             "inputs": [{**image, "source": {"kind": "image"}}],
             "outputs": [logits]}],
         "routed_layers": [],

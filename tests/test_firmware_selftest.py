@@ -207,3 +207,27 @@ def test_stop_ends_qemu_with_the_exit_code(device):
         pass  # QEMU closed the socket after exiting
     assert link.emulator.wait(10) == 7
     assert b"ROUTEVIT-STOP 7\n" in tail
+
+
+@needs_qemu
+@pytest.mark.parametrize("board_id", ["mps3-an547", "stm32f4-discovery"])
+def test_other_qemu_boards_answer(board_id, selftest_projects):
+    """AN547 (Cortex-M55, UART at 0x49303000) and netduinoplus2 (STM32F4 USART layout, no RCC
+    model, DWT reads 0 so the counter falls back to SysTick)."""
+    from toolchain.emulate.qemu import open_qemu
+
+    board = get_board(board_id)
+    link = open_qemu(selftest_projects[board_id] / "build" / "selftest.elf", board.qemu_machine)
+    try:
+        client = P.Client(link.port, timeout=5.0)
+        hello = client.hello()
+        assert hello.board == board_id and hello.counter_kind == P.CounterKind.QEMU_INSTRUCTIONS
+        assert client.ping(b"\x00\xA5\x5A\xFF") == b"\x00\xA5\x5A\xFF"
+        shape = hello.routed_layers[1]
+        scores = random_scores(np.random.default_rng(7), shape.num_patches, shape.num_experts)
+        answer = client.route(1, scores)
+        dispatch, combine, counts = routing.route(scores, shape.capacity, shape.top_k)
+        assert (answer.dispatch.tolist(), answer.combine.tolist(), answer.counts.tolist()) == (
+            dispatch.tolist(), combine.tolist(), counts.tolist())
+    finally:
+        link.close()

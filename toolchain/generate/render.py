@@ -30,7 +30,7 @@ SELFTEST_LAYERS = (
 )
 
 # Templates that are only rendered with a model (they need TFLM to build).
-MODEL_ONLY = {"src/main.cc", "src/model_data.cc", "src/model_data.h", "src/op_resolver.h",
+MODEL_ONLY = {"src/tflm_glue.h", "src/main.cc", "src/model_data.cc", "src/model_data.h", "src/op_resolver.h",
               "src/tflm_glue.cc", "src/requantize.h"}
 
 # Board UART kind -> the driver template rendered as src/board/uart.c
