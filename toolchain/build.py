@@ -1,0 +1,157 @@
+"""`routevit build PROJ`: the project's firmware against a cached TFLM library.
+
+Reads PROJ/project.json (core, cpu_flags, ops), gets libtflm.a for exactly those ops from
+`toolchain.tflm.library` (cache hit in seconds), runs the project's Makefile `firmware` target
+with TFLM_INCLUDES / TFLM_LIB / TFLM_DEFINES, and writes PROJ/build/ atomically:
+firmware.elf, firmware.map, size.json (arm-none-eabi-size) and build.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+import toolchain
+from toolchain.errors import RoutevitError
+from toolchain.fsutil import atomic_output_dir
+from toolchain.tflm import find_tree
+from toolchain.tflm.library import KERNEL_SETS, LibrarySpec, build_library
+
+log = logging.getLogger("routevit")
+
+PROJECT_FORMAT = "routevit-project/1"
+BUILD_FORMAT = "routevit-build/1"
+# What a firmware build (re)writes in PROJ/build/; everything else there (e.g. the selftest) is kept.
+FIRMWARE_OUTPUTS = ("firmware", "firmware.elf", "firmware.map", "size.json", "build.json")
+
+
+def load_project(proj: Path) -> dict:
+    path = proj / "project.json"
+    hint = f"generate it with `routevit generate EXP --board B --out {proj}`"
+    if not proj.is_dir():
+        raise RoutevitError(f"{proj}: no such project folder; {hint}")
+    if not path.is_file():
+        raise RoutevitError(f"{path}: missing, so {proj} is not a routevit project; {hint}")
+    try:
+        project = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RoutevitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); {hint}")
+    if not isinstance(project, dict) or project.get("format") != PROJECT_FORMAT:
+        found = project.get("format") if isinstance(project, dict) else type(project).__name__
+        raise RoutevitError(f"{path}: format {found!r} is not {PROJECT_FORMAT!r}; {hint}")
+    for key, kind in (("core", str), ("cpu_flags", list), ("ops", list)):
+        value = project.get(key)
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
+            raise RoutevitError(f"{path}: '{key}' must be a {'list of strings' if kind is list else 'string'}; "
+                                f"{hint}")
+    if not project["ops"]:
+        raise RoutevitError(f"{path}: 'ops' is empty (a model needs at least one op); {hint}")
+    if not (proj / "Makefile").is_file():
+        raise RoutevitError(f"{proj / 'Makefile'}: missing; {hint}")
+    return project
+
+
+def _size(elf: Path, prefix: str) -> dict:
+    """text/data/bss (Berkeley) plus every allocated section (System V) of the ELF."""
+    tool = shutil.which(prefix + "size")
+    if tool is None:
+        raise RoutevitError(f"{prefix}size: not found on PATH; install the Arm GNU toolchain")
+    berkeley = subprocess.run([tool, "-B", str(elf)], capture_output=True, text=True, check=True)
+    log.debug("run: %s -B %s", tool, elf)
+    text, data, bss = (int(v) for v in berkeley.stdout.splitlines()[1].split()[:3])
+    sysv = subprocess.run([tool, "-A", "-d", str(elf)], capture_output=True, text=True, check=True)
+    log.debug("run: %s -A -d %s", tool, elf)
+    sections = {}
+    for line in sysv.stdout.splitlines():
+        m = re.match(r"^(\.\S+)\s+(\d+)\s+(\d+)\s*$", line)
+        if m and int(m.group(2)) > 0 and not m.group(1).startswith((".debug", ".comment", ".ARM.attributes")):
+            sections[m.group(1)] = {"bytes": int(m.group(2)), "address": int(m.group(3))}
+    return {"text": text, "data": data, "bss": bss, "flash_bytes": text + data, "ram_bytes": data + bss,
+            "sections": sections}
+
+
+def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool) -> list[str]:
+    cmd = ["make", "-C", str(proj), "firmware", f"BUILD_DIR={build_dir}"] + \
+        [f"{k}={v}" for k, v in variables.items()]
+    log.debug("run: %s", " ".join(cmd))
+    bar = tqdm(desc="firmware", unit="step", file=sys.stderr,
+               disable=(not progress) or (not sys.stderr.isatty() and None))
+    lines = []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        log.debug("make: %s", line.rstrip())
+        if " -c " in line or " -o " in line:
+            bar.update(1)
+    proc.wait()
+    bar.close()
+    if proc.returncode != 0:
+        errors = [ln for ln in lines if re.search(r"error|undefined reference|\*\*\*", ln)] or lines[-3:] or ["?"]
+        log_path = proj / "build-error.log"
+        log_path.write_text("\n".join([" ".join(cmd)] + lines) + "\n")
+        raise RoutevitError(f"{proj / 'Makefile'}: `make firmware` failed: {errors[0].strip()[:300]}; "
+                            f"full output in {log_path}")
+    (proj / "build-error.log").unlink(missing_ok=True)
+    return lines
+
+
+def build_project(proj, kernels: str = "reference", tflm: Path | None = None, *, jobs: int | None = None,
+                  cache: Path | None = None, strip_error_strings: bool = False, prefix: str = "arm-none-eabi-",
+                  progress: bool = True) -> dict:
+    """Build PROJ's firmware; return the build record (also written to PROJ/build/build.json)."""
+    started = time.monotonic()
+    proj = Path(proj).resolve()
+    project = load_project(proj)
+    if kernels not in KERNEL_SETS:
+        raise RoutevitError(f"--kernels {kernels}: unknown kernel set; use one of {', '.join(KERNEL_SETS)}")
+    tree = find_tree(tflm, cache)
+    spec = LibrarySpec(project["core"], tuple(project["cpu_flags"]), tuple(project["ops"]), kernels=kernels,
+                       strip_error_strings=strip_error_strings)
+    click.echo(f"TFLM {tree.commit[:8]} at {tree.root}; {kernels} kernels for {len(spec.ops)} ops "
+               f"({', '.join(spec.ops)})", err=True)
+    lib = build_library(tree, spec, jobs=jobs, cache=cache, prefix=prefix, what=str(proj / "project.json"),
+                        progress=progress)
+    click.echo(f"libtflm.a {lib.key}: " + (f"cached ({lib.seconds:.1f} s)" if lib.cache_hit else
+                                           f"built {lib.compiled} files in {lib.seconds:.0f} s"), err=True)
+
+    with atomic_output_dir(proj / "build") as tmp:
+        old = proj / "build"
+        if old.is_dir():   # keep e.g. the selftest build; firmware outputs are made fresh
+            for item in old.iterdir():
+                if item.name not in FIRMWARE_OUTPUTS:
+                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        variables = lib.make_variables()
+        _run_make(proj, tmp, variables, progress)
+        elf = tmp / "firmware.elf"
+        if not elf.is_file():
+            raise RoutevitError(f"{proj / 'Makefile'}: `make firmware` made no $(BUILD_DIR)/firmware.elf; "
+                                "regenerate the project with `routevit generate`")
+        if not (tmp / "firmware.map").is_file():
+            log.warning("%s: the Makefile wrote no firmware.map", proj)
+        size = _size(elf, prefix)
+        (tmp / "size.json").write_text(json.dumps(size, indent=2, sort_keys=True) + "\n")
+        record = {
+            "format": BUILD_FORMAT, "routevit_version": toolchain.__version__,
+            "project": str(proj), "board": project.get("board"), "core": spec.core,
+            "cpu_flags": list(spec.cpu_flags), "ops": list(spec.ops), "kernels": kernels,
+            "tflm_commit": tree.commit, "tflm_tree": str(tree.root),
+            "lib_key": lib.key, "lib": str(lib.path), "lib_cache_hit": lib.cache_hit,
+            "lib_seconds": round(lib.seconds, 1), "defines": lib.defines, "include_dirs": lib.include_dirs,
+            "elf": "firmware.elf", "elf_sha256": hashlib.sha256(elf.read_bytes()).hexdigest(),
+            "size": {k: size[k] for k in ("text", "data", "bss")},
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        (tmp / "build.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    click.echo(f"wrote {proj / 'build' / 'firmware.elf'}: text {size['text']:,} data {size['data']:,} "
+               f"bss {size['bss']:,} bytes ({record['seconds']:.1f} s)", err=True)
+    return record
