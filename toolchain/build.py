@@ -25,7 +25,7 @@ import toolchain
 from toolchain.errors import RoutevitError
 from toolchain.fsutil import atomic_output_dir
 from toolchain.tflm import find_tree
-from toolchain.tflm.library import KERNEL_SETS, LibrarySpec, build_library
+from toolchain.tflm.library import KERNEL_SETS, LibrarySpec, build_library, check_ops
 
 log = logging.getLogger("routevit")
 
@@ -114,6 +114,7 @@ def build_project(proj, kernels: str = "reference", tflm: Path | None = None, *,
     project = load_project(proj)
     if kernels not in KERNEL_SETS:
         raise RoutevitError(f"--kernels {kernels}: unknown kernel set; use one of {', '.join(KERNEL_SETS)}")
+    check_ops(project["ops"], str(proj / "project.json"))
     tree = find_tree(tflm, cache)
     spec = LibrarySpec(project["core"], tuple(project["cpu_flags"]), tuple(project["ops"]), kernels=kernels,
                        strip_error_strings=strip_error_strings)

@@ -166,10 +166,7 @@ def core_sources(tree: TflmTree) -> list[Source]:
 
 def kernel_sources(tree: TflmTree, spec: LibrarySpec, what: str = "project") -> list[Source]:
     ops_table = kernel_table()["ops"]
-    unknown = [op for op in spec.ops if op not in ops_table]
-    if unknown:
-        raise RoutevitError(f"{what}: TFLM has no kernel for {', '.join(unknown)}; export a model "
-                            "without these ops (see `routevit export`'s TFLM op check)")
+    check_ops(spec.ops, what)
     files: list[str] = []
     folders: list[str] = []
     for op in spec.ops:
@@ -242,26 +239,57 @@ def _object_name(rel: str) -> str:
     return rel.replace("/", "__").rsplit(".", 1)[0] + ".o"
 
 
-def build_library(tree: TflmTree, spec: LibrarySpec, *, jobs: int | None = None,
-                  cache: Path | None = None, prefix: str = "arm-none-eabi-",
-                  what: str = "project", progress: bool = True) -> Library:
-    """Build (or fetch from the cache) libtflm.a for `spec` against `tree`."""
-    started = time.monotonic()
-    gxx, gcc, ar = _tool(prefix, "g++"), _tool(prefix, "gcc"), _tool(prefix, "ar")
+@dataclass
+class _Plan:
+    sources: list
+    include_dirs: list
+    defines: list
+    commands: dict      # group -> compiler + flags (no source/output)
+    identity: dict
+    key: str
+
+
+def check_ops(ops, what: str = "project") -> None:
+    """Refuse ops TFLM has no kernel for (before any tree or compiler is needed)."""
+    unknown = [op for op in ops if op not in kernel_table()["ops"]]
+    if unknown:
+        raise RoutevitError(f"{what}: TFLM has no kernel for {', '.join(unknown)}; export a model "
+                            "without these ops (see `routevit export`'s TFLM op check)")
+
+
+def _plan(tree: TflmTree, spec: LibrarySpec, prefix: str, what: str) -> _Plan:
+    gxx, gcc = _tool(prefix, "g++"), _tool(prefix, "gcc")
+    check_ops(spec.ops, what)
     sources = core_sources(tree) + kernel_sources(tree, spec, what)
     include_dirs = [str(d) for d in tree.include_dirs(spec.core, cmsis_nn=spec.cmsis_nn)]
     defines = spec.defines()
     base = list(spec.cpu_flags) + COMMON_FLAGS + [f"-D{d}" for d in defines] + \
         [f"-I{d}" for d in include_dirs]
-    group_flags = {
-        "core": (gxx, CXX_FLAGS + [spec.opt_core]),
-        "kernels": (gxx, CXX_FLAGS + [spec.opt_kernels]),
-        "third_party": (gcc, C_FLAGS + [spec.opt_kernels]),
+    commands = {
+        "core": [gxx] + base + CXX_FLAGS + [spec.opt_core],
+        "kernels": [gxx] + base + CXX_FLAGS + [spec.opt_kernels],
+        "third_party": [gcc] + base + C_FLAGS + [spec.opt_kernels],
     }
-    version = compiler_version(gxx)
-    identity = {"tree": tree.identity(), "root": str(tree.root), "compiler": version}
+    identity = {"tree": tree.identity(), "root": str(tree.root), "compiler": compiler_version(gxx)}
     key = _digest({"format": LIB_FORMAT, **identity, "spec": asdict(spec),
                    "sources": [s.rel for s in sources]})
+    return _Plan(sources, include_dirs, defines, commands, identity, key)
+
+
+def library_key(tree: TflmTree, spec: LibrarySpec, prefix: str = "arm-none-eabi-") -> str:
+    """The cache key of the library `build_library` would make (no compiling)."""
+    return _plan(tree, spec, prefix, "project").key
+
+
+def build_library(tree: TflmTree, spec: LibrarySpec, *, jobs: int | None = None,
+                  cache: Path | None = None, prefix: str = "arm-none-eabi-",
+                  what: str = "project", progress: bool = True) -> Library:
+    """Build (or fetch from the cache) libtflm.a for `spec` against `tree`."""
+    started = time.monotonic()
+    ar = _tool(prefix, "ar")
+    plan = _plan(tree, spec, prefix, what)
+    sources, include_dirs, defines, identity, key = (plan.sources, plan.include_dirs, plan.defines,
+                                                     plan.identity, plan.key)
     root = cache_root(cache)
     lib_dir = root / "tflm-lib" / key
     if _complete(lib_dir):
@@ -275,8 +303,7 @@ def build_library(tree: TflmTree, spec: LibrarySpec, *, jobs: int | None = None,
         commands = {}
         objects = []
         for s in sources:
-            tool, flags = group_flags[s.group]
-            cmd = [tool] + base + flags
+            cmd = plan.commands[s.group]
             obj_dir = root / "tflm-obj" / _digest({**identity, "cmd": cmd})
             obj = obj_dir / _object_name(s.rel)
             objects.append(obj)
@@ -294,9 +321,9 @@ def build_library(tree: TflmTree, spec: LibrarySpec, *, jobs: int | None = None,
             info = {
                 "format": LIB_FORMAT, "routevit_version": toolchain.__version__, "key": key,
                 "tflm_commit": tree.commit, "tree": str(tree.root), "tree_identity": tree.identity(),
-                "compiler": version, **asdict(spec), "cpu_flags": list(spec.cpu_flags),
+                "compiler": identity["compiler"], **asdict(spec), "cpu_flags": list(spec.cpu_flags),
                 "ops": list(spec.ops), "defines": defines, "include_dirs": include_dirs,
-                "cxxflags": list(spec.cpu_flags) + COMMON_FLAGS + CXX_FLAGS,
+                "compile_commands": {g: " ".join(c) for g, c in plan.commands.items()},
                 "sources": [s.rel for s in sources], "compiled_now": len(commands),
                 "build_seconds": round(seconds, 1),
             }
