@@ -300,7 +300,7 @@ def memory_summary(project: Project) -> dict:
         except json.JSONDecodeError:
             log.warning("%s: not valid JSON; left out of the report", size_path)
             size = {}
-        memory["linked"] = {k: v for k, v in size.items() if isinstance(v, (int, float, dict))}
+        memory["linked"] = {k: size[k] for k in ("flash_bytes", "ram_bytes", "text", "data", "bss") if k in size}
     return memory
 
 
@@ -385,7 +385,8 @@ def ensure_built(project: Project, kernels: str | None = None) -> Path:
     """Build the firmware if it is missing or older than the project's sources."""
     elf = project.elf
     sources = [p for p in (project.root / "src").rglob("*") if p.is_file()] if (project.root / "src").is_dir() else []
-    newest = max((p.stat().st_mtime for p in sources), default=0.0)
+    sources.append(project.root / "project.json")
+    newest = max((p.stat().st_mtime for p in sources if p.exists()), default=0.0)
     if elf.is_file() and elf.stat().st_mtime >= newest and kernels is None:
         return elf
     from toolchain.build import build_project  # the build helper's `routevit build`
