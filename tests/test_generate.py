@@ -263,3 +263,64 @@ def test_firmware_on_qemu_equals_the_tflm_wheel(tiny_exp, tmp_path):
         assert all(c > 10_000 for c in counters)
     finally:
         link.close()
+
+
+@pytest.fixture(scope="session")
+def routed_exp(tmp_path_factory):
+    return export_fixture.make_routed_export(tmp_path_factory.mktemp("routed") / "EXP")
+
+
+def test_routed_plan_generates_static_routing_buffers(routed_exp, tmp_path):
+    out = tmp_path / "PROJ"
+    assert run("generate", routed_exp, "--board", "stm32f4-discovery", "--out", out).exit_code == 0
+    plan_h = (out / "src/routing_plan.h").read_text()
+    for text in ("constexpr int kNumRoutedLayers = 1;", "constexpr size_t kLayer0Experts = 4;",
+                 "constexpr size_t kLayer0Capacity = 5;", "kLayer0DispatchSlots = kLayer0Experts * kLayer0Capacity;",
+                 "kLayer0ExpertBufferBytes"):
+        assert text in plan_h
+    main_cc = (out / "src/main.cc").read_text()
+    assert "routevit::Route(routevit::kPlanRoutedLayers[0]" in main_cc
+    assert "routevit::RequantizeInt8(g_stage_0_0" in main_cc
+    report = json.loads((out / "memory_report.json").read_text())
+    assert report["routed_layers"][0]["expert_buffer_bytes"] == 5 * 4 * 8
+    segs = report["segments"]
+    assert report["arena"]["measured_bytes"] == sum(s["persistent_bytes"] for s in segs) + max(
+        s["nonpersistent_bytes"] for s in segs)
+
+
+@pytest.mark.tflm
+@pytest.mark.qemu
+def test_routed_firmware_on_qemu_equals_the_host_reference(routed_exp, tmp_path):
+    """Two segments, integer routing and a requantized boundary on QEMU == wheel + numpy, bit for bit."""
+    from toolchain import protocol as P
+    from toolchain.boards import get_board
+    from toolchain.emulate.qemu import open_qemu
+    from toolchain.errors import RoutevitError
+    from toolchain.tflm import find_tree
+    from toolchain.tflm.library import LibrarySpec, build_library
+
+    try:
+        tree = find_tree()
+    except RoutevitError as exc:
+        pytest.skip(f"no TFLM tree: run `routevit setup-tflm` ({exc})")
+    out = tmp_path / "PROJ"
+    assert run("generate", routed_exp, "--board", "mps2-an500", "--out", out).exit_code == 0
+    project = json.loads((out / "project.json").read_text())
+    library = build_library(tree, LibrarySpec(project["core"], project["cpu_flags"], project["ops"]), progress=False)
+    made = subprocess.run(["make", "-C", str(out), "firmware", *[f"{k}={v}" for k, v in library.make_variables().items()]],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    link = open_qemu(out / "build/firmware.elf", get_board("mps2-an500").qemu_machine)
+    try:
+        client = P.Client(link.port, timeout=20)
+        hello = client.hello()
+        assert [(r.num_patches, r.num_experts, r.capacity, r.top_k) for r in hello.routed_layers] == [(16, 4, 5, 1)]
+        rng = np.random.default_rng(11)
+        for _ in range(6):
+            x = rng.integers(-128, 128, size=hello.input_shape, dtype=np.int8)
+            result = client.infer(x)
+            logits, counts = export_fixture.host_reference(routed_exp, x)
+            assert result.logits.tolist() == logits.tolist()
+            assert [c.tolist() for c in result.expert_counts] == [c.tolist() for c in counts]
+    finally:
+        link.close()
