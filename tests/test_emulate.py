@@ -477,6 +477,47 @@ def test_hung_inference_is_reported_and_qemu_reaped(tiny_model_project, tmp_path
     assert qemu_pids(str(project)) == [], "a QEMU running this project's firmware was left behind"
 
 
+@pytest.fixture(scope="module")
+def routed_model_project(tmp_path_factory):
+    """The routed two-segment export fixture, generated for mps2-an386 and built."""
+    from tflm_support import tflm_tree
+
+    tflm_tree()
+    from export_fixture import make_routed_export
+
+    root = tmp_path_factory.mktemp("routed-model")
+    export = make_routed_export(root / "exp")
+    project = root / "proj"
+    for args in (("generate", export, "--board", "mps2-an386", "--out", project), ("build", project)):
+        result = run_routevit(*args, timeout=3600)
+        assert result.returncode == 0, result.stderr
+    return export, project
+
+
+@pytest.mark.tflm
+def test_routed_firmware_report_agrees_with_host_and_maps_device_routing(routed_model_project, tmp_path):
+    export, project = routed_model_project
+    out = tmp_path / "report"
+    result = run_routevit("emulate", project, "--limit", "16", "--export", export, "--out", out, "--json",
+                          timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["agreement_device_vs_host"]["bit_exact_rate"] == 1.0
+    assert report["expert_counts_match_host"] is True
+    layer = report["experts"]["layers"][0]
+    assert sum(layer["patches_per_expert"]) + layer["dropped_patches"] == 16 * 16
+    assert max(layer["patches_per_expert"]) <= 16 * 5  # never above capacity
+    assert {"routing_map", "experts"} <= set(report["figures"])
+    # The map is the device's own routing of the host's router scores, and it matches the
+    # expert counts the device reported for those images.
+    assert report["routing_maps"]
+    for entry in report["routing_maps"]:
+        assignment = entry["layers"][0]["assignment"]
+        assert entry["layers"][0]["source"] == "device routing" and len(assignment) == 16
+        counts = report["per_image"][entry["index"]]["device_expert_counts"][0]
+        assert [assignment.count(e) for e in range(4)] == counts
+
+
 @pytest.mark.tflm
 @pytest.mark.slow
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500"])

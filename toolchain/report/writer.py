@@ -146,6 +146,10 @@ def build_report(record: dict) -> dict:
             "source": key,
             "matrix": metrics.confusion_matrix(labels, predictions[key], num_classes).tolist(),
         }
+    report["routing_maps"] = [
+        {"index": int(m.get("index", i)), "label": m.get("label"),
+         "layers": [{"source": l.get("source"), "assignment": [int(a) for a in l["assignment"]]} for l in m["layers"]]}
+        for i, m in enumerate(record.get("routing_maps") or [])]
     report["memory"] = record.get("memory") or {}
     report["per_image"] = _per_image(record, predictions, labels)
     return _json_safe(report)
