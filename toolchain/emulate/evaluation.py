@@ -370,7 +370,10 @@ def run_evaluation(link: Link, project: Project, *, data: str, limit: int, out: 
                                label=f"{link.backend} inference")
         host = host_reference(project, images_u8, progress=progress)
         maps = device_routing_maps(session, host, project.plan, images_u8, labels)
-        session.stop()
+        if link.emulator is not None:
+            # Emulators end through semihosting; a real board stays up for the next run (its
+            # semihosting call would fault without a debugger attached).
+            session.stop()
         if session.garbage_bytes or session.bad_frames or session.resends:
             notes.append(f"line noise: {session.bad_frames} damaged frames, {session.resends} requests resent")
     record = build_record(project, link, data, labels, class_names, device, host, maps, notes)
