@@ -1,0 +1,41 @@
+"""`routevit evaluate`: accuracy of an export on the host reference (--host) or a board (--port)."""
+import json
+
+import click
+
+
+@click.command("evaluate")
+@click.argument("target", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", "backend", flag_value="host",
+              help="TARGET is an export folder (EXP): run the host reference (tflite-micro wheel).")
+@click.option("--port", "port", default=None, metavar="DEV",
+              help="TARGET is a project folder (PROJ): evaluate on the board at serial port DEV.")
+@click.option("--data", required=True, metavar="D", help="Dataset: fashion-mnist, ssw60:PATH or folder:PATH.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Evaluate the first N test images only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+def command(target, backend, port, data, limit, as_json):
+    """Top-1 of float / PTQ int8 / QAT int8, agreement, expert use and arena of TARGET."""
+    from toolchain.errors import RoutevitError
+
+    if (backend == "host") == (port is not None):
+        raise RoutevitError("evaluate: give exactly one of --host (TARGET = EXP) or --port DEV "
+                            "(TARGET = PROJ)")
+    if port is not None:
+        result, text = _evaluate_port(target, port, data, limit)
+    else:
+        from toolchain.hostref.evaluate import evaluate_host, format_table
+
+        result = evaluate_host(target, data, limit=limit)
+        text = format_table(result)
+    click.echo(text, err=True)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+def _evaluate_port(target, port, data, limit):
+    """Board evaluation over a serial port (toolchain.emulate's session code path)."""
+    from toolchain.errors import RoutevitError
+
+    raise RoutevitError(f"--port {port}: board evaluation is not available in this build; "
+                        "use --host with an export folder")
