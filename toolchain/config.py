@@ -350,7 +350,10 @@ def _mvit_ok(image_size: int, strides) -> str | None:
 
 
 def working_image_sizes(strides, limit: int = 6) -> list[int]:
-    return [s for s in range(8, 1025) if _mvit_ok(s, strides) is None][:limit]
+    """Valid sizes, preferring multiples of the total stride (no odd maps on the way)."""
+    valid = [s for s in range(8, 2049) if _mvit_ok(s, strides) is None]
+    step = math.prod(strides)
+    return ([s for s in valid if s % step == 0] or valid)[:limit]
 
 
 def working_strides(image_size: int) -> list[int] | None:

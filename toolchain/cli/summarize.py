@@ -14,13 +14,13 @@ from toolchain.errors import RoutevitError
 @click.option("--classes", type=click.IntRange(min=2), help="Number of classes (default 1000).")
 @click.option("--image-size", type=click.IntRange(min=8), help="Input side in pixels (default 256).")
 @click.option("--in-channels", type=click.Choice(["1", "3"]), help="Input channels (default 3).")
+@click.option("--strides", help="Stride schedule [stem, layer1..layer5], e.g. 2,1,2,2,2,2 (default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(config_path, width, classes, image_size, in_channels, as_json):
+def command(config_path, width, classes, image_size, in_channels, strides, as_json):
     """Per-stage parameters and MACs, trainable and active parameters, largest int8 activation."""
     from toolchain.config import ModelConfig, config_from_dict, load_config
-    from toolchain.summary import format_table, summarize
 
-    if config_path and any(v is not None for v in (width, classes, image_size, in_channels)):
+    if config_path and any(v is not None for v in (width, classes, image_size, in_channels, strides)):
         raise RoutevitError("summarize: give either --config or --width/--classes/--image-size, not both")
     if config_path:
         cfg = load_config(config_path).model
@@ -30,7 +30,15 @@ def command(config_path, width, classes, image_size, in_channels, as_json):
                  "num_classes": classes or defaults.num_classes,
                  "image_size": image_size or defaults.image_size,
                  "in_channels": int(in_channels or defaults.in_channels)}
+        if strides:
+            try:
+                model["strides"] = [int(v) for v in strides.split(",")]
+            except ValueError:
+                raise RoutevitError(f"--strides: {strides!r} is not a comma-separated list of integers; "
+                                    "e.g. 2,1,2,2,2,2")
         cfg = config_from_dict({"model": model}, "command line").model
+    from toolchain.summary import format_table, summarize  # imports TensorFlow: after the checks
+
     result = summarize(cfg)
     click.echo(format_table(result), err=as_json)
     if as_json:
