@@ -21,6 +21,7 @@ TINY = {
 
 @pytest.fixture
 def tiny_config(tmp_path):
+    """Write TINY (with training overrides) to a file; returns its path."""
     def write(**training):
         data = json.loads(json.dumps(TINY))
         data["training"].update(training)
@@ -31,13 +32,26 @@ def tiny_config(tmp_path):
 
 
 def _history_numbers(metrics):
-    return [(h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"], h["expert_share"])
+    return [(h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"], h["expert_share"], h["balance_loss"])
             for h in metrics["history"]]
 
 
-def test_train_writes_a_run_that_load_run_reproduces(tmp_path, ssw60_dir, tiny_config):
-    out = tmp_path / "run"
-    metrics = train(TrainRequest(config=tiny_config(), data=f"ssw60:{ssw60_dir}", out=out))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny 2-epoch run (seed 7) on a generated SSW60 folder, shared by the tests below."""
+    root = tmp_path_factory.mktemp("trained")
+    config = root / "tiny.json"
+    config.write_text(json.dumps({**TINY, "training": {**TINY["training"], "seed": 7}}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROUTEVIT_CACHE", str(root / "cache"))
+        data = f"ssw60:{make_ssw60(root / 'ssw60')}"
+        metrics = train(TrainRequest(config=config, data=data, out=root / "run"))
+        yield {"root": root, "config": config, "data": data, "out": root / "run", "metrics": metrics}
+
+
+def test_train_writes_a_run_that_load_run_reproduces(trained, monkeypatch):
+    monkeypatch.setenv("ROUTEVIT_CACHE", str(trained["root"] / "cache"))
+    out, metrics = trained["out"], trained["metrics"]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "weights.h5"]
     assert not partial_dir(out).exists()
     saved = json.loads((out / "metrics.json").read_text())
@@ -45,12 +59,13 @@ def test_train_writes_a_run_that_load_run_reproduces(tmp_path, ssw60_dir, tiny_c
     assert [h["epoch"] for h in saved["history"]] == [1, 2]
     assert saved["class_names"] == ["American Crow", "Blue Jay", "Northern Cardinal"]
     assert saved["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
-    assert saved["dataset"]["name"] == f"ssw60:{ssw60_dir}" and saved["test_examples"] == 6
+    assert saved["dataset"]["name"] == trained["data"] and saved["test_examples"] == 6
     share = saved["expert_share"]["layer4.0"]
     assert len(share["share"]) == 2 and sum(share["share"]) == pytest.approx(1.0, abs=1e-5)
     assert saved["history"][-1]["balance_loss"]["layer4.0"] > 0
     assert saved["test_expert_share"]["layer4.0"]["patches"] > 0
     assert saved["wall_time_s"] > 0 and 0 <= saved["test_accuracy"] <= 1
+    assert json.loads((out / "config.json").read_text())["training"]["seed"] == 7
 
     # A user (or the quantizer) reloads the run with a fixed batch of 1 and gets the same accuracy
     # from the dataset's uint8 images and the recorded normalisation.
@@ -64,16 +79,15 @@ def test_train_writes_a_run_that_load_run_reproduces(tmp_path, ssw60_dir, tiny_c
     assert np.mean(np.array(predictions) == labels) == pytest.approx(meta["test_accuracy"])
 
 
-def test_same_seed_same_numbers_and_resume_continues_exactly(tmp_path, ssw60_dir, tiny_config):
-    config = tiny_config(seed=7)
-    data = f"ssw60:{ssw60_dir}"
-    whole = train(TrainRequest(config=config, data=data, out=tmp_path / "whole"))
+def test_interrupted_run_resumes_to_the_same_numbers(trained, monkeypatch):
+    monkeypatch.setenv("ROUTEVIT_CACHE", str(trained["root"] / "cache"))
+    config, data = trained["config"], trained["data"]
 
     def interrupt_after_first_epoch(epoch, record):
         if epoch == 0:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # what Ctrl-C does
 
-    out = tmp_path / "resumed"
+    out = trained["root"] / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train(TrainRequest(config=config, data=data, out=out), epoch_end=interrupt_after_first_epoch)
     assert not out.exists()  # never a half-written run folder
@@ -83,36 +97,42 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(tmp_path, ssw60_dir
         train(TrainRequest(config=config, data=data, out=out, resume=True, batch_size=3))
     resumed = train(TrainRequest(config=config, data=data, out=out, resume=True))
     assert not partial_dir(out).exists()
+    whole = trained["metrics"]
     assert _history_numbers(resumed) == _history_numbers(whole)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
-    assert (out / "weights.h5").read_bytes() != b""
-    _, model_a, _ = load_run(tmp_path / "whole")
+    _, model_a, _ = load_run(trained["out"])
     _, model_b, _ = load_run(out)
     for a, b in zip(model_a.get_weights(), model_b.get_weights()):
         np.testing.assert_array_equal(a, b)
 
-    other = train(TrainRequest(config=config, data=data, out=tmp_path / "other", seed=8, epochs=1))
-    assert other["history"][0]["loss"] != whole["history"][0]["loss"]
 
-
-def test_early_stopping_keeps_the_best_epoch(tmp_path, ssw60_dir, tiny_config):
-    # A learning rate of ~0 cannot improve val accuracy, so patience 1 stops after epoch 2.
-    metrics = train(TrainRequest(config=tiny_config(learning_rate=1e-12, lr_schedule="constant"),
-                                 data=f"ssw60:{ssw60_dir}", out=tmp_path / "run", epochs=5, patience=1))
-    assert metrics["stopped_early"] is True
-    assert metrics["epochs_completed"] == 2 and metrics["best_epoch"] == 1
-
-
-def test_cli_train_json(tmp_path, ssw60_dir, tiny_config):
-    out = tmp_path / "cli_run"
-    result = run_routevit("train", "--config", tiny_config(), "--data", f"ssw60:{ssw60_dir}",
-                          "--epochs", "1", "--out", out, "--json",
-                          env={"ROUTEVIT_CACHE": str(tmp_path / "cache")})
+def test_cli_train_same_seed_same_numbers(trained):
+    """A separate process with the same config and seed reproduces the run exactly; --json works."""
+    out = trained["root"] / "cli_run"
+    result = run_routevit("train", "--config", trained["config"], "--data", trained["data"],
+                          "--out", out, "--json", env={"ROUTEVIT_CACHE": str(trained["root"] / "cache")})
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # exactly one JSON object on stdout
-    assert summary["run"] == str(out) and summary["epochs_completed"] == 1
-    assert summary["test_accuracy"] == json.loads((out / "metrics.json").read_text())["test_accuracy"]
-    assert "epoch 1/1" in result.stderr and "test accuracy" in result.stderr
+    assert summary["run"] == str(out) and summary["epochs_completed"] == 2
+    assert "epoch 2/2" in result.stderr and "test accuracy" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert summary["test_accuracy"] == metrics["test_accuracy"]
+    assert _history_numbers(metrics) == _history_numbers(json.loads(json.dumps(trained["metrics"])))
+    assert (out / "weights.h5").is_file()
+
+
+def test_early_stopping_rule():
+    from toolchain.training.trainer import update_early_stopping
+
+    state = {"best_val_accuracy": None, "best_epoch": None, "epochs_without_improvement": 0,
+             "stopped_early": False}
+    kept = [update_early_stopping(state, {"epoch": e, "val_accuracy": acc}, patience=2, epochs=10)
+            for e, acc in enumerate([0.5, 0.7, 0.7, 0.6], 1)]
+    assert kept == [True, True, False, False]  # equal is not better
+    assert state["stopped_early"] and state["best_epoch"] == 2 and state["best_val_accuracy"] == 0.7
+    state = {"best_val_accuracy": 0.9, "best_epoch": 1, "epochs_without_improvement": 0, "stopped_early": False}
+    update_early_stopping(state, {"epoch": 2, "val_accuracy": 0.1}, patience=1, epochs=2)
+    assert not state["stopped_early"]  # the last epoch ran anyway: nothing was cut short
 
 
 def _break_column(root):

@@ -235,15 +235,8 @@ def run_prepared(prep: Prepared, epoch_end=None) -> dict:
         }
         state["history"].append(record)
         state["epochs_done"] = epoch + 1
-        if state["best_val_accuracy"] is None or record["val_accuracy"] > state["best_val_accuracy"]:
-            state["best_val_accuracy"] = record["val_accuracy"]
-            state["best_epoch"] = epoch + 1
-            state["epochs_without_improvement"] = 0
+        if update_early_stopping(state, record, request.patience, prep.epochs):
             model.save_weights(str(partial / runs.BEST_WEIGHTS))
-        else:
-            state["epochs_without_improvement"] += 1
-            if state["epochs_without_improvement"] >= request.patience and epoch + 1 < prep.epochs:
-                state["stopped_early"] = True
         manager.save(checkpoint_number=epoch + 1)
         state["seconds"] = seconds_before + (time.monotonic() - session_start)
         runs.write_json(partial / runs.STATE, state)
@@ -300,6 +293,23 @@ def run_prepared(prep: Prepared, epoch_end=None) -> dict:
     echo(f"test accuracy {metrics['test_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
          f"{metrics['wall_time_s']:.0f} s) -> {request.out}")
     return metrics
+
+
+def update_early_stopping(state: dict, record: dict, patience: int, epochs: int) -> bool:
+    """Fold one epoch's record into `state`; True if it is the best so far (keep its weights).
+
+    Sets state["stopped_early"] once `patience` epochs in a row did not beat the best val
+    accuracy (strictly), unless the last requested epoch was just trained anyway.
+    """
+    if state["best_val_accuracy"] is None or record["val_accuracy"] > state["best_val_accuracy"]:
+        state["best_val_accuracy"] = record["val_accuracy"]
+        state["best_epoch"] = record["epoch"]
+        state["epochs_without_improvement"] = 0
+        return True
+    state["epochs_without_improvement"] += 1
+    if state["epochs_without_improvement"] >= patience and record["epoch"] < epochs:
+        state["stopped_early"] = True
+    return False
 
 
 def _chmod_like_mkdir(path: Path) -> None:
