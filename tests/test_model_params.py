@@ -132,3 +132,24 @@ def test_moe_layer_names_wildcards_and_pairs_normalise():
     cfg = config_from_dict({"model": {"moe": {"layers": [[5, 2], "layer4.*", "layer3.1"]}}}).model
     assert cfg.moe.layers == ["layer3.1", "layer4.0", "layer4.1", "layer4.2", "layer4.3", "layer5.2"]
     assert cfg.moe.capacity(64) == 20 and cfg.moe.capacity(3) == 1
+
+
+def test_model_config_round_trip_rebuilds_the_same_network():
+    from toolchain.models import CUSTOM_OBJECTS
+
+    keras.backend.clear_session()
+    cfg = load_config("examples/configs/fmnist_routed.json").model
+    model = build_model(cfg)
+    rebuilt = keras.Model.from_config(model.get_config(), custom_objects=CUSTOM_OBJECTS)
+    rebuilt.set_weights(model.get_weights())
+    image = np.random.default_rng(1).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(rebuilt(image).numpy(), model(image).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_option_in_transformer_blocks():
+    keras.backend.clear_session()
+    cfg = load_config("examples/configs/fmnist_dense.json").model
+    cfg.norm = "batch"
+    model = build_model(cfg)
+    assert isinstance(model.get_layer("layer3_mvit_t0_attn_norm"), keras.layers.BatchNormalization)
+    assert not any(isinstance(layer, GroupNorm1) for layer in model.layers)
