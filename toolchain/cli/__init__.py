@@ -25,6 +25,10 @@ COMMANDS = {
 }
 
 
+# Commands that never touch TensorFlow (no reason to pay its import time).
+TENSORFLOW_FREE = {"boards", "setup-tflm", "build"}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(name for name, mod in COMMANDS.items() if _module_exists(mod))
@@ -33,6 +37,10 @@ class LazyGroup(click.Group):
         mod = COMMANDS.get(name)
         if mod is None or not _module_exists(mod):
             return None
+        if name not in TENSORFLOW_FREE:
+            from toolchain.tfquiet import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
         return importlib.import_module(f"toolchain.cli.{mod}").command
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -168,7 +167,6 @@ def run_prepared(prep: Prepared, epoch_end=None) -> dict:
 
     request, cfg, dataset = prep.request, prep.config, prep.dataset
     tc, mc = cfg.training, cfg.model
-    started = time.monotonic()
     partial = prep.partial
     if not request.resume and partial.exists():
         echo(f"note: discarding the interrupted run in {partial} (--resume continues one)")
@@ -285,7 +283,6 @@ def run_prepared(prep: Prepared, epoch_end=None) -> dict:
         "history": state["history"],
     }
     with atomic_output_dir(request.out) as tmp:
-        _chmod_like_mkdir(tmp)
         model.save_weights(str(tmp / runs.WEIGHTS))
         shutil.copyfile(partial / runs.CONFIG, tmp / runs.CONFIG)
         runs.write_json(tmp / runs.METRICS, metrics)
@@ -310,13 +307,6 @@ def update_early_stopping(state: dict, record: dict, patience: int, epochs: int)
     if state["epochs_without_improvement"] >= patience and record["epoch"] < epochs:
         state["stopped_early"] = True
     return False
-
-
-def _chmod_like_mkdir(path: Path) -> None:
-    """atomic_output_dir's temp folder is private (0700); a run folder gets the usual mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
 
 
 def _optimizer(tc, schedule, keras):
