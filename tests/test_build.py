@@ -236,3 +236,37 @@ def test_every_op_in_the_kernel_table_links(kernels, tmp_path):
                            "-Wl,--gc-sections", "-lm", "-o", str(tmp_path / "all_ops.elf")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.mark.tflm
+def test_cmsis_nn_build_of_a_generated_project(tiny_export, tmp_path):
+    tflm_tree()
+    require_tools("arm-none-eabi-g++", "make")
+    proj = tmp_path / "proj"
+    assert invoke("generate", tiny_export, "--board", "mps2-an386", "--out", proj).exit_code == 0
+    result = invoke("build", proj, "--kernels", "cmsis-nn", "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    record = json.loads(result.stdout)
+    assert record["kernels"] == "cmsis-nn" and "CMSIS_NN" in record["defines"]
+    symbols = subprocess.run(["arm-none-eabi-nm", str(proj / "build/firmware.elf")], capture_output=True,
+                             text=True).stdout
+    assert "arm_convolve_wrapper_s8" in symbols and "arm_fully_connected_s8" in symbols
+
+
+@pytest.mark.tflm
+def test_a_failing_make_leaves_the_previous_build_alone(tiny_export, tmp_path):
+    tflm_tree()
+    require_tools("arm-none-eabi-g++", "make")
+    proj = tmp_path / "proj"
+    assert invoke("generate", tiny_export, "--board", "mps2-an386", "--out", proj).exit_code == 0
+    assert invoke("build", proj).exit_code == 0
+    before = (proj / "build/firmware.elf").read_bytes()
+    main = proj / "src/main.cc"
+    main.write_text(main.read_text() + "\nint this_does_not_compile = ;\n")
+    result = invoke("build", proj)
+    assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "`make firmware` failed" in lines[0] and "main.cc" in lines[0]
+    assert (proj / "build-error.log").is_file()
+    assert (proj / "build/firmware.elf").read_bytes() == before
+    assert not [p for p in proj.iterdir() if p.name.startswith(".build")]

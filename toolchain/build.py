@@ -96,7 +96,9 @@ def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool) -> l
     proc.wait()
     bar.close()
     if proc.returncode != 0:
-        errors = [ln for ln in lines if re.search(r"error|undefined reference|\*\*\*", ln)] or lines[-3:] or ["?"]
+        # The first diagnostic says most; make's own '***' line only names the failed target.
+        errors = [ln for pattern in (r": (fatal )?error:", r"undefined reference|multiple definition", r"\*\*\*")
+                  for ln in lines if re.search(pattern, ln)] or lines[-3:] or ["?"]
         log_path = proj / "build-error.log"
         log_path.write_text("\n".join([" ".join(cmd)] + lines) + "\n")
         raise RoutevitError(f"{proj / 'Makefile'}: `make firmware` failed: {errors[0].strip()[:300]}; "
