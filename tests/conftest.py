@@ -114,3 +114,14 @@ def error_lines(stderr: str) -> list:
     """stderr lines minus TensorFlow's own start-up chatter (which a user cannot avoid)."""
     noise = ("WARNING: All log messages before absl", "I0000 ", "W0000 ", "E0000 ")
     return [line for line in stderr.splitlines() if line.strip() and not line.startswith(noise)]
+
+
+@pytest.fixture(scope="session")
+def int8_artifacts(tmp_path_factory):
+    """Tiny routed + dense models through train -> quantize -> export (tests/int8_fixture.py)."""
+    from int8_fixture import build
+
+    root = tmp_path_factory.mktemp("int8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROUTEVIT_CACHE", str(root / "cache"))
+        yield build(root)

@@ -98,7 +98,8 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
         seg_entries.append({
             "index": seg.index, "file": file, "sha256": sha256(seg.flatbuffer),
             "bytes": len(seg.flatbuffer), "ops": seg.ops, "arena_bytes": seg.arena["total"],
-            "arena": seg.arena, "inputs": seg.inputs, "outputs": seg.outputs})
+            "persistent_bytes": seg.arena["persistent"],
+            "nonpersistent_bytes": seg.arena["nonpersistent"], "arena": seg.arena, "inputs": seg.inputs, "outputs": seg.outputs})
     image_entry = next(e for e in segments[0].inputs if e["source"]["kind"] == "image")
     logits_seg, logits_out = sm.logits
     staging = plan_mod.staging_bytes(seg_entries)
