@@ -138,11 +138,10 @@ def load_test_images(data: str, plan: dict, limit: int):
     return images, labels.astype(np.int64), names
 
 
-def quantize_images(plan: dict, images_u8: np.ndarray) -> np.ndarray:
-    """The int8 input tensors the device is sent: the host reference's own quantisation."""
-    from toolchain.hostref import quantize_input  # shared with the host reference: one definition
-
-    return np.stack([np.asarray(quantize_input(plan, image), dtype=np.int8) for image in images_u8])
+def quantize_images(reference, images_u8: np.ndarray) -> np.ndarray:
+    """The int8 input tensors the device is sent: the host reference's own quantisation (the
+    plan's pixel table), so device and host see the same bytes."""
+    return np.stack([reference.quantize_pixels(image) for image in images_u8])
 
 
 def check_image_sizes(images_q: np.ndarray, hello) -> None:
@@ -261,13 +260,38 @@ def device_routing_maps(session: Session | None, host: dict | None, plan: dict, 
     return maps
 
 
-def host_reference(project: Project, images_u8: np.ndarray, progress: bool = True) -> dict | None:
-    """Host int8 logits, expert counts, router scores (and float logits) on the same images."""
-    if project.plan is None:
-        return None
-    from toolchain.hostref import reference_outputs  # the int8 helper's host reference
+def open_host_reference(export_dir: Path):
+    from toolchain.hostref import HostReference  # the int8 helper's host reference
 
-    return reference_outputs(project.export_dir, images_u8, progress=progress)
+    return HostReference(export_dir)
+
+
+def host_reference(reference, images_u8: np.ndarray, progress: bool = True) -> dict:
+    """Host int8 logits, expert counts and router scores on the same images, one by one."""
+    from tqdm import tqdm
+
+    logits, counts, scores = [], [], []
+    for image in tqdm(images_u8, desc="host reference", unit="img", file=sys.stderr,
+                      disable=(not progress) or None, leave=False):
+        result = reference.run(reference.quantize_pixels(image))
+        logits.append(np.asarray(result.logits, np.int8).reshape(-1))
+        counts.append([[int(c) for c in r.counts] for r in result.routing])
+        scores.append([np.asarray(r.scores, np.int8) for r in result.routing])
+    return {"logits": np.stack(logits), "expert_counts": counts, "router_scores": scores}
+
+
+def float_predictions(export_dir: Path, plan: dict, images_u8: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """Top-1 of the export's float reference model on the same images, or (None, why not)."""
+    from toolchain.data import Normalization
+    from toolchain.hostref.evaluate import _float_predictions  # the int8 helper's float path
+
+    inp = plan["model"]["input"]
+    norm = inp.get("normalization") or {"mean": [0.5], "std": [0.5]}
+    normalization = Normalization.from_lists(norm["mean"], norm["std"], int(inp["shape"][3]))
+    try:
+        return _float_predictions(Path(export_dir), images_u8, normalization), None
+    except RoutevitError as exc:
+        return None, f"no float top-1: {exc.format_message()}"
 
 
 def memory_summary(project: Project) -> dict:
@@ -345,10 +369,8 @@ def build_record(project: Project, link: Link, dataset: str, labels, class_names
         record["wall_seconds"] = device.wall_seconds
     if host:
         record["host"] = {"logits": host["logits"], "expert_counts": host.get("expert_counts")}
-        if host.get("float_logits") is not None:
-            record["float"] = {"logits": host["float_logits"]}
-        elif host.get("float_accuracy") is not None:
-            record["float"] = {"accuracy": host["float_accuracy"], "source": host.get("float_source", "given")}
+        if host.get("float_predictions") is not None:
+            record["float"] = {"predictions": host["float_predictions"]}
     return record
 
 
@@ -361,14 +383,15 @@ def run_evaluation(link: Link, project: Project, *, data: str, limit: int, out: 
         raise RoutevitError(f"{project.root}: cannot find the export this project was generated from; "
                             "give it with --export EXP")
     images_u8, labels, class_names = load_test_images(data, project.plan, limit)
-    images_q = quantize_images(project.plan, images_u8)
+    reference = open_host_reference(project.export_dir)
+    images_q = quantize_images(reference, images_u8)
     notes = []
     with Session(link, timeout_s=timeout_per_image) as session:
         hello = session.hello(timeout_s=hello_timeout)
         check_hello(hello, project, link.target)
         device = run_on_device(session, images_q, timeout_per_image=timeout_per_image, progress=progress,
                                label=f"{link.backend} inference")
-        host = host_reference(project, images_u8, progress=progress)
+        host = host_reference(reference, images_u8, progress=progress)
         maps = device_routing_maps(session, host, project.plan, images_u8, labels)
         if link.emulator is not None:
             # Emulators end through semihosting; a real board stays up for the next run (its
@@ -376,6 +399,11 @@ def run_evaluation(link: Link, project: Project, *, data: str, limit: int, out: 
             session.stop()
         if session.garbage_bytes or session.bad_frames or session.resends:
             notes.append(f"line noise: {session.bad_frames} damaged frames, {session.resends} requests resent")
+    predictions, why_not = float_predictions(project.export_dir, project.plan, images_u8)
+    if predictions is not None:
+        host["float_predictions"] = predictions
+    else:
+        notes.append(why_not)
     record = build_record(project, link, data, labels, class_names, device, host, maps, notes)
     if out is None:
         return build_report(record)
@@ -527,9 +555,11 @@ def host_only_report(export_dir: Path, *, data: str, limit: int, out: Path, note
         raise RoutevitError(f"{export_dir}: no plan.json; give the folder `routevit export` wrote")
     plan = json.loads(plan_path.read_text())
     images_u8, labels, class_names = load_test_images(data, plan, limit)
-    from toolchain.hostref import reference_outputs
-
-    host = reference_outputs(Path(export_dir), images_u8, progress=progress)
+    host = host_reference(open_host_reference(Path(export_dir)), images_u8, progress=progress)
+    notes = list(notes or [])
+    predictions, why_not = float_predictions(Path(export_dir), plan, images_u8)
+    if why_not:
+        notes.append(why_not)
     seg = plan["segments"][plan["logits"]["segment"]]["outputs"][plan["logits"]["output"]]
     record = {
         "backend": "host", "target": "host reference (tflite-micro wheel)", "board": None, "dataset": data,
@@ -538,8 +568,8 @@ def host_only_report(export_dir: Path, *, data: str, limit: int, out: Path, note
         "routed_layers": plan.get("routed_layers") or [],
         "host": {"logits": host["logits"], "expert_counts": host.get("expert_counts")},
         "routing_maps": device_routing_maps(None, host, plan, images_u8, labels),
-        "notes": list(notes or []),
+        "notes": notes,
     }
-    if host.get("float_logits") is not None:
-        record["float"] = {"logits": host["float_logits"]}
+    if predictions is not None:
+        record["float"] = {"predictions": predictions}
     return write_report(record, Path(out))

@@ -111,7 +111,7 @@ def routing_map_figure(path: Path, maps: list[dict], layer_names: list[str], num
     """
     rows = len(maps)
     layers = max(len(m["layers"]) for m in maps)
-    fig, axes = plt.subplots(rows, layers + 1, figsize=(2.4 * (layers + 1), 2.8 * rows + 0.6),
+    fig, axes = plt.subplots(rows, layers + 1, figsize=(2.4 * (layers + 1), 3.0 * rows + 0.6),
                              squeeze=False)
     for r, entry in enumerate(maps):
         image = np.asarray(entry["image"])

@@ -90,12 +90,19 @@ def build_report(record: dict) -> dict:
         if float_ref.get("logits") is not None:
             predictions["float"] = metrics.top1(float_ref["logits"])
             accuracy["float"] = metrics.accuracy(predictions["float"], labels)
+        elif float_ref.get("predictions") is not None:
+            predictions["float"] = np.asarray(float_ref["predictions"], dtype=np.int64)
+            accuracy["float"] = metrics.accuracy(predictions["float"], labels)
         elif float_ref.get("accuracy") is not None:
             accuracy["float"] = float(float_ref["accuracy"])
             report["notes"].append(
                 f"float top-1 is {float_ref.get('source', 'given')}, not from these images")
     report["top1"] = accuracy
 
+    if "float" in predictions and ("device" in predictions or "host_int8" in predictions):
+        key = "device" if "device" in predictions else "host_int8"
+        report["top1_agreement_with_float"] = {
+            "subject": key, "rate": float(np.mean(predictions[key] == predictions["float"]))}
     if device and host:
         report["agreement_device_vs_host"] = metrics.agreement(
             host["logits"], device["logits"], quant["scale"], quant["zero_point"])
@@ -203,6 +210,9 @@ def render_markdown(report: dict, figures_written: dict[str, str]) -> str:
     lines += ["", "## Accuracy (top-1)", "", "| device | host int8 | float |", "|---|---|---|",
               "| {} | {} | {} |".format(*(_fmt_pct(report["top1"].get(k)) for k in ("device", "host_int8", "float"))),
               ""]
+    with_float = report.get("top1_agreement_with_float")
+    if with_float:
+        lines += [f"Top-1 agreement of {with_float['subject']} with the float model: {_fmt_pct(with_float['rate'])}", ""]
     agreement = report.get("agreement_device_vs_host")
     if agreement:
         lines += ["## Device vs host reference (int8 logits)", "",
