@@ -102,3 +102,13 @@ def evaluate_port(project: Path, port: str, *, baud: int = 115200, data: str = "
     if as_json:
         click.echo(json.dumps({"report_dir": str(Path(out).resolve()), **_headline(report)}))
     return report
+
+
+def port_evaluation(project, port: str, data: str, limit: int | None, baud: int = 115200,
+                    out: Path | None = None) -> tuple[dict, str]:
+    """(JSON numbers, human text) of `routevit evaluate PROJ --port DEV` for evaluate.py's hook."""
+    from toolchain.emulate.evaluation import evaluate_on_port
+
+    out = Path(out) if out else Path(project) / "reports" / "board"
+    report = evaluate_on_port(Path(project), port=port, baud=baud, data=data, limit=limit or 200, out=out)
+    return {"report_dir": str(out.resolve()), **_headline(report)}, "\n".join(summary_lines(report, out))

@@ -13,8 +13,12 @@ import click
 @click.option("--data", required=True, metavar="D", help="Dataset: fashion-mnist, ssw60:PATH or folder:PATH.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
               help="Evaluate the first N test images only.")
+@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True,
+              help="With --port: the serial port's baud rate.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="With --port: report folder [default: PROJ/reports/board].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-def command(target, backend, port, data, limit, as_json):
+def command(target, backend, port, data, limit, baud, out, as_json):
     """Top-1 of float / PTQ int8 / QAT int8, agreement, expert use and arena of TARGET."""
     from toolchain.errors import RoutevitError
 
@@ -22,7 +26,7 @@ def command(target, backend, port, data, limit, as_json):
         raise RoutevitError("evaluate: give exactly one of --host (TARGET = EXP) or --port DEV "
                             "(TARGET = PROJ)")
     if port is not None:
-        result, text = _evaluate_port(target, port, data, limit)
+        result, text = _evaluate_port(target, port, data, limit, baud, out)
     else:
         from toolchain.hostref.evaluate import evaluate_host, format_table
 
@@ -33,9 +37,9 @@ def command(target, backend, port, data, limit, as_json):
         click.echo(json.dumps(result))
 
 
-def _evaluate_port(target, port, data, limit):
-    """Board evaluation over a serial port (toolchain.emulate's session code path)."""
-    from toolchain.errors import RoutevitError
+def _evaluate_port(target, port, data, limit, baud=115200, out=None):
+    """Board evaluation over a serial port: toolchain.emulate's session code path (shared with
+    `routevit emulate`), implemented in toolchain/cli/emulate.py."""
+    from toolchain.cli.emulate import port_evaluation
 
-    raise RoutevitError(f"--port {port}: board evaluation is not available in this build; "
-                        "use --host with an export folder")
+    return port_evaluation(target, port, data, limit, baud=baud, out=out)
