@@ -66,8 +66,6 @@ def fine_tune(qat_model, dataset, config, normalization, *, epochs: int, learnin
 
     Returns {"history": [...], "val_accuracy", "test_accuracy", "test_examples"}.
     """
-    import tensorflow as tf
-
     from toolchain.training.progress import EpochProgressBar
 
     mc, tc = config.model, config.training
@@ -96,5 +94,4 @@ def fine_tune(qat_model, dataset, config, normalization, *, epochs: int, learnin
         scores = qat_model.evaluate(ds, verbose=0, return_dict=True)
         result[f"{split}_accuracy"] = float(scores["accuracy"])
         result[f"{split}_examples"] = dataset.num_examples(split, limit_eval)
-    del tf
     return result

@@ -72,14 +72,12 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
             raise RoutevitError(f"{qrun}: method qat but the model has no fake-quant layers; "
                                 "run `routevit quantize` again")
     sm, segments = convert_model(model, images, label, progress, pin_boundaries=method == "qat")
-    from toolchain.export.graph import _inner
 
     router_out = {}
     for seg in segments:
         for i, out in enumerate(seg.outputs):
             router_out[out["name"]] = (seg.index, i)
-    inner_model_layers = {_inner(layer).name for layer in model.layers}
-    infos = routed_layer_info(_FloatView(model, inner_model_layers))
+    infos = routed_layer_info(_UnwrappedLayers(model))
     routed = []
     moe = config.model.moe
     for info in infos:
@@ -101,7 +99,7 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
             "persistent_bytes": seg.arena["persistent"],
             "nonpersistent_bytes": seg.arena["nonpersistent"], "arena": seg.arena, "inputs": seg.inputs, "outputs": seg.outputs})
     image_entry = next(e for e in segments[0].inputs if e["source"]["kind"] == "image")
-    logits_seg, logits_out = sm.logits
+    logits_seg = sm.logits[0]
     staging = plan_mod.staging_bytes(seg_entries)
     mc = config.model
     plan = {
@@ -131,16 +129,15 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
             "staging_bytes_max": max(staging) if staging else 0,
             "measured_on": "tflite-micro wheel, host x86_64 (RecordingMicroAllocator)"},
     }
-    del logits_out
     plan_mod.check_routing(plan, folder / plan_mod.PLAN)
     plan_mod.write(folder, plan)
     return plan
 
 
-class _FloatView:
-    """routed_layer_info() over a QAT model: it looks at the wrapped layers."""
+class _UnwrappedLayers:
+    """routed_layer_info() over a QAT model: it looks at the layers inside tfmot's wrappers."""
 
-    def __init__(self, model, _names):
+    def __init__(self, model):
         from toolchain.export.graph import _inner
 
         self.layers = [_inner(layer) for layer in model.layers]
