@@ -412,64 +412,90 @@ def fmnist_export() -> Path | None:
     return routed[-1].parent if routed else None
 
 
+# The int8 fixture points ROUTEVIT_CACHE at a temporary folder; TFLM trees and cached TFLM
+# libraries live in the user's cache, so the firmware commands get the cache as it was.
+USER_CACHE = os.environ.get("ROUTEVIT_CACHE") or str(Path.home() / ".cache" / "routevit")
+
+
+def run_with_user_cache(*args, timeout=3600):
+    return run_routevit(*args, env={"ROUTEVIT_CACHE": USER_CACHE}, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
-def tiny_model_project(tmp_path_factory):
-    """The tiny int8 CNN export (tests/export_fixture.py) generated for mps2-an386 and built."""
-    from tflm_support import tflm_tree
+def int8_project(int8_artifacts, tmp_path_factory):
+    """The int8 fixture's routed QAT export (SSW60-layout data, 16x16x3, 3 classes) generated for
+    mps2-an386 and built with TFLM: (export, project, dataset)."""
+    from toolchain.errors import RoutevitError
+    from toolchain.tflm import find_tree
 
-    tflm_tree()
-    from export_fixture import make_tiny_export
-
-    root = tmp_path_factory.mktemp("tiny-model")
-    export = make_tiny_export(root / "exp")
-    project = root / "proj"
+    try:
+        find_tree(cache=Path(USER_CACHE))
+    except RoutevitError as exc:
+        pytest.skip(f"no TFLM tree: run `routevit setup-tflm` ({exc.format_message()})")
+    export = int8_artifacts["exp"]
+    project = tmp_path_factory.mktemp("int8-firmware") / "proj"
     for args in (("generate", export, "--board", "mps2-an386", "--out", project), ("build", project)):
-        result = run_routevit(*args, timeout=3600)
+        result = run_with_user_cache(*args)
         assert result.returncode == 0, result.stderr
-    return export, project
+    return export, project, int8_artifacts["data"]
 
 
 @pytest.mark.tflm
-def test_emulate_model_firmware_matches_host_and_repeats(tiny_model_project, tmp_path):
-    export, project = tiny_model_project
+def test_emulate_routed_firmware_matches_host_and_repeats(int8_project, tmp_path):
+    export, project, data = int8_project
     reports = []
     for run in range(2):
         out = tmp_path / f"report-{run}"
-        result = run_routevit("emulate", project, "--data", "fashion-mnist", "--limit", "24", "--export", export,
-                              "--out", out, "--json", timeout=600)
+        result = run_with_user_cache("emulate", project, "--data", data, "--export", export, "--out", out,
+                                     "--json", timeout=900)
         assert result.returncode == 0, result.stderr
-        summary = json.loads(result.stdout)
-        assert summary["agreement_device_vs_host"]["bit_exact_rate"] == 1.0
+        json.loads(result.stdout)
         reports.append(json.loads((out / "report.json").read_text()))
+    report = reports[0]
+    assert report["images"] == 12
+    assert report["agreement_device_vs_host"]["bit_exact_rate"] == 1.0, report["agreement_device_vs_host"]
+    assert report["expert_counts_match_host"] is True
     counters = [[row["counter"] for row in r["per_image"]] for r in reports]
-    assert counters[0] == counters[1] and min(counters[0]) > 10_000
-    assert reports[0]["counter"]["kind"] == 0 and reports[0]["memory"]["arena_bytes"] > 0
-    for name in ("report.md", "accuracy.png", "confusion.png"):
+    assert counters[0] == counters[1] and min(counters[0]) > 100_000
+    assert report["counter"]["kind"] == 0 and report["memory"]["arena_bytes"] > 0
+    assert report["memory"]["linked"]["flash_bytes"] > report["memory"]["model_bytes"]
+    layer = report["experts"]["layers"][0]
+    n, e, c = layer["num_patches"], layer["num_experts"], layer["capacity"]
+    assert sum(layer["patches_per_expert"]) + layer["dropped_patches"] == 12 * n
+    assert max(layer["patches_per_expert"]) <= 12 * c
+    # The routing map is the device's own routing (ROUTE) of the host's router scores, and it
+    # agrees with the expert counts the device reported for the same images.
+    assert report["routing_maps"]
+    for entry in report["routing_maps"]:
+        assignment = entry["layers"][0]["assignment"]
+        assert entry["layers"][0]["source"] == "device routing" and len(assignment) == n
+        assert [assignment.count(x) for x in range(e)] == report["per_image"][entry["index"]]["device_expert_counts"][0]
+    for name in ("report.md", "accuracy.png", "routing_map.png", "experts.png", "confusion.png"):
         assert (tmp_path / "report-0" / name).is_file()
 
 
 @pytest.mark.tflm
-def test_evaluate_port_uses_the_same_session_against_qemu_behind_a_pty(tiny_model_project, tmp_path):
+def test_evaluate_port_uses_the_same_session_against_qemu_behind_a_pty(int8_project, tmp_path, monkeypatch):
     from toolchain.cli.emulate import evaluate_port
     from toolchain.emulate.qemu import open_qemu_pty
 
-    export, project = tiny_model_project
+    export, project, data = int8_project
+    monkeypatch.setenv("ROUTEVIT_CACHE", USER_CACHE)
     proc, device = open_qemu_pty(project / "build" / "firmware.elf", "mps2-an386")
     try:
-        report = evaluate_port(project, device, data="fashion-mnist", limit=8, out=tmp_path / "board",
-                               export_dir=export)
+        report = evaluate_port(project, device, data=data, limit=4, out=tmp_path / "board", export_dir=export)
     finally:
         proc.kill()
     assert report["backend"] == "serial" and report["target"] == device
-    assert report["agreement_device_vs_host"]["bit_exact_images"] == 8
+    assert report["agreement_device_vs_host"]["bit_exact_images"] == 4
 
 
 @pytest.mark.tflm
-def test_hung_inference_is_reported_and_qemu_reaped(tiny_model_project, tmp_path):
+def test_hung_inference_is_reported_and_qemu_reaped(int8_project, tmp_path):
     """A per-image timeout far below one inference's time: exit 2, one line with the UART bytes."""
-    export, project = tiny_model_project
-    result = run_routevit("emulate", project, "--limit", "2", "--export", export, "--out", tmp_path / "r",
-                          "--timeout-per-image", "0.001", "--no-build", timeout=300)
+    export, project, data = int8_project
+    result = run_with_user_cache("emulate", project, "--data", data, "--limit", "2", "--export", export,
+                                 "--out", tmp_path / "r", "--timeout-per-image", "0.001", "--no-build", timeout=300)
     assert result.returncode == 2
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "INFER image 0: no answer within 0.001 s" in lines[0] and "last UART bytes:" in lines[0]
@@ -477,65 +503,28 @@ def test_hung_inference_is_reported_and_qemu_reaped(tiny_model_project, tmp_path
     assert qemu_pids(str(project)) == [], "a QEMU running this project's firmware was left behind"
 
 
-@pytest.fixture(scope="module")
-def routed_model_project(tmp_path_factory):
-    """The routed two-segment export fixture, generated for mps2-an386 and built."""
-    from tflm_support import tflm_tree
-
-    tflm_tree()
-    from export_fixture import make_routed_export
-
-    root = tmp_path_factory.mktemp("routed-model")
-    export = make_routed_export(root / "exp")
-    project = root / "proj"
-    for args in (("generate", export, "--board", "mps2-an386", "--out", project), ("build", project)):
-        result = run_routevit(*args, timeout=3600)
-        assert result.returncode == 0, result.stderr
-    return export, project
-
-
-@pytest.mark.tflm
-def test_routed_firmware_report_agrees_with_host_and_maps_device_routing(routed_model_project, tmp_path):
-    export, project = routed_model_project
-    out = tmp_path / "report"
-    result = run_routevit("emulate", project, "--limit", "16", "--export", export, "--out", out, "--json",
-                          timeout=600)
-    assert result.returncode == 0, result.stderr
-    report = json.loads((out / "report.json").read_text())
-    assert report["agreement_device_vs_host"]["bit_exact_rate"] == 1.0
-    assert report["expert_counts_match_host"] is True
-    layer = report["experts"]["layers"][0]
-    assert sum(layer["patches_per_expert"]) + layer["dropped_patches"] == 16 * 16
-    assert max(layer["patches_per_expert"]) <= 16 * 5  # never above capacity
-    assert {"routing_map", "experts"} <= set(report["figures"])
-    # The map is the device's own routing of the host's router scores, and it matches the
-    # expert counts the device reported for those images.
-    assert report["routing_maps"]
-    for entry in report["routing_maps"]:
-        assignment = entry["layers"][0]["assignment"]
-        assert entry["layers"][0]["source"] == "device routing" and len(assignment) == 16
-        counts = report["per_image"][entry["index"]]["device_expert_counts"][0]
-        assert [assignment.count(e) for e in range(4)] == counts
-
-
 @pytest.mark.tflm
 @pytest.mark.slow
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500"])
 def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, tmp_path):
-    from tflm_support import tflm_tree
+    from toolchain.errors import RoutevitError
+    from toolchain.tflm import find_tree
 
-    tflm_tree()
+    try:
+        find_tree(cache=Path(USER_CACHE))
+    except RoutevitError as exc:
+        pytest.skip(f"no TFLM tree: run `routevit setup-tflm` ({exc.format_message()})")
     export = fmnist_export()
     if export is None:
         pytest.skip("no routed Fashion-MNIST export under runs/ (set ROUTEVIT_TEST_EXPORT=EXP)")
     project = tmp_path / f"proj-{board}"
-    result = run_routevit("generate", export, "--board", board, "--out", project, timeout=600)
+    result = run_with_user_cache("generate", export, "--board", board, "--out", project, timeout=600)
     assert result.returncode == 0, result.stderr
     reports = []
     for run in range(2):
         out = tmp_path / f"report-{run}"
-        result = run_routevit("emulate", project, "--backend", "qemu", "--data", "fashion-mnist", "--limit", "200",
-                              "--export", export, "--out", out, "--json", timeout=3600)
+        result = run_with_user_cache("emulate", project, "--backend", "qemu", "--data", "fashion-mnist",
+                                     "--limit", "200", "--export", export, "--out", out, "--json", timeout=7200)
         assert result.returncode == 0, result.stderr
         reports.append(json.loads((out / "report.json").read_text()))
     first = reports[0]
