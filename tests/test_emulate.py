@@ -475,19 +475,23 @@ def test_emulate_routed_firmware_matches_host_and_repeats(int8_project, tmp_path
 
 
 @pytest.mark.tflm
-def test_evaluate_port_uses_the_same_session_against_qemu_behind_a_pty(int8_project, tmp_path, monkeypatch):
-    from toolchain.cli.emulate import evaluate_port
+def test_evaluate_port_uses_the_same_session_against_qemu_behind_a_pty(int8_project, tmp_path):
+    """`routevit evaluate PROJ --port /dev/pts/N`: QEMU on a pseudo-terminal stands in for a board."""
     from toolchain.emulate.qemu import open_qemu_pty
 
     export, project, data = int8_project
-    monkeypatch.setenv("ROUTEVIT_CACHE", USER_CACHE)
     proc, device = open_qemu_pty(project / "build" / "firmware.elf", "mps2-an386")
     try:
-        report = evaluate_port(project, device, data=data, limit=4, out=tmp_path / "board", export_dir=export)
+        result = run_with_user_cache("evaluate", project, "--port", device, "--data", data, "--limit", "4",
+                                     "--export", export, "--out", tmp_path / "board", "--json", timeout=900)
+        assert proc.poll() is None, "a real board is not stopped after an evaluation"
     finally:
         proc.kill()
-    assert report["backend"] == "serial" and report["target"] == device
-    assert report["agreement_device_vs_host"]["bit_exact_images"] == 4
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["backend"] == "serial" and summary["target"] == device
+    assert summary["agreement_device_vs_host"]["bit_exact_images"] == 4
+    assert (tmp_path / "board" / "report.md").is_file()
 
 
 @pytest.mark.tflm

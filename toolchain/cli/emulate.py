@@ -105,10 +105,11 @@ def evaluate_port(project: Path, port: str, *, baud: int = 115200, data: str = "
 
 
 def port_evaluation(project, port: str, data: str, limit: int | None, baud: int = 115200,
-                    out: Path | None = None) -> tuple[dict, str]:
+                    out: Path | None = None, export_dir: Path | None = None) -> tuple[dict, str]:
     """(JSON numbers, human text) of `routevit evaluate PROJ --port DEV` for evaluate.py's hook."""
     from toolchain.emulate.evaluation import evaluate_on_port
 
     out = Path(out) if out else Path(project) / "reports" / "board"
-    report = evaluate_on_port(Path(project), port=port, baud=baud, data=data, limit=limit or 200, out=out)
+    report = evaluate_on_port(Path(project), port=port, baud=baud, data=data, limit=limit or 200, out=out,
+                              export_dir=Path(export_dir) if export_dir else None)
     return {"report_dir": str(out.resolve()), **_headline(report)}, "\n".join(summary_lines(report, out))

@@ -374,14 +374,18 @@ def build_record(project: Project, link: Link, dataset: str, labels, class_names
     return record
 
 
+def require_plan(project: Project) -> None:
+    if project.plan is None:
+        raise RoutevitError(f"{project.root}: cannot find the export this project was generated from "
+                            "(project.json names none); give it with --export EXP")
+
+
 def run_evaluation(link: Link, project: Project, *, data: str, limit: int, out: Path | None,
                    timeout_per_image: float, hello_timeout: float = 30.0, progress: bool = True) -> dict:
     """The one code path for QEMU, Renode and real boards. Closes `link` when done."""
     from toolchain.report import build_report, write_report
 
-    if project.plan is None:
-        raise RoutevitError(f"{project.root}: cannot find the export this project was generated from; "
-                            "give it with --export EXP")
+    require_plan(project)
     images_u8, labels, class_names = load_test_images(data, project.plan, limit)
     reference = open_host_reference(project.export_dir)
     images_q = quantize_images(reference, images_u8)
@@ -448,6 +452,7 @@ def emulate_project(project_dir: Path, *, backend: str, data: str, limit: int, o
                     timeout_per_image: float = 60.0, build: bool = True, progress: bool = True,
                     export_dir: Path | None = None) -> dict:
     project = load_project(project_dir, export_dir)
+    require_plan(project)
     elf = ensure_built(project) if build else project.elf
     workdir = Path(tempfile.mkdtemp(prefix=f"routevit-{backend}-"))
     link = open_backend(project, backend, elf, workdir)
@@ -464,6 +469,7 @@ def evaluate_on_port(project_dir: Path, *, port: str, baud: int, data: str, limi
     from toolchain.emulate.serialport import open_serial_port
 
     project = load_project(project_dir, export_dir)
+    require_plan(project)
     link = open_serial_port(port, baud)
     try:
         return run_evaluation(link, project, data=data, limit=limit, out=out,
