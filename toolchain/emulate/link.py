@@ -39,8 +39,10 @@ class Link:
         """Emulator log tail (empty for a real board)."""
         if self.emulator is None:
             return ""
-        tail = self.emulator.tail(1500)
-        return f"{self.backend} output: {tail}" if tail else ""
+        # QEMU's own "waiting for connection" notice is not news to anyone reading an error.
+        lines = [line for line in self.emulator.tail(1500).splitlines()
+                 if line.strip() and "waiting for connection" not in line]
+        return f"{self.backend} output: {' | '.join(lines)}" if lines else ""
 
     def close(self) -> None:
         try:

@@ -171,7 +171,7 @@ class Session:
                     if error.code in _RESENDABLE_ERRORS and resends < _MAX_RESENDS:
                         resends += 1
                         self.resends += 1
-                        log.warning("%s: %s for %s; sending it again", self.link.target, error, what)
+                        log.info("%s: %s for %s; sending it again", self.link.target, error, what)
                         self._write(frame, what)
                         deadline = time.monotonic() + timeout_s
                         continue
@@ -183,7 +183,7 @@ class Session:
                 break
             flushed = True
             self.resyncs += 1
-            log.warning("%s: no answer to %s within %g s; flushing the line and sending it again",
+            log.info("%s: no answer to %s within %g s; flushing the line and sending it again",
                         self.link.target, what, timeout_s)
             self._write(bytes(self._flush_bytes()), what)
             self._write(frame, what)
@@ -288,7 +288,7 @@ class Session:
         # request times out or a resend recovers; counted for the report.
         if len(self.decoder.errors) > self.bad_frames:
             for error in self.decoder.errors[self.bad_frames:]:
-                log.warning("%s: damaged frame from the device (%s); resynchronising", self.link.target, error)
+                log.info("%s: damaged frame from the device (%s); resynchronising", self.link.target, error)
             self.bad_frames = len(self.decoder.errors)
 
     def _require_hello(self):
