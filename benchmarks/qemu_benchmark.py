@@ -39,8 +39,10 @@ def routevit(*args, timeout=7200) -> subprocess.CompletedProcess:
 
 
 def find_export(name: str) -> Path | None:
-    """runs/<name>/**/plan.json (newest), i.e. the export of the run called `name`."""
-    plans = sorted((REPO / "runs").glob(f"{name}*/**/plan.json"), key=lambda p: p.stat().st_mtime)
+    """The newest export (plan.json, not a PTQ baseline) under runs/ whose path names `name`."""
+    plans = [p for p in (REPO / "runs").glob("**/plan.json")
+             if name in str(p.relative_to(REPO / "runs")) and "baselines" not in p.parts]
+    plans.sort(key=lambda p: p.stat().st_mtime)
     return plans[-1].parent if plans else None
 
 

@@ -134,3 +134,20 @@ def test_failed_report_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError, match="logit shapes differ"):
         write_report(bad, out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_host_only_report_of_a_real_export(int8_artifacts, tmp_path):
+    """What `routevit demo` writes when no firmware can be built: the host reference's report."""
+    from toolchain.emulate.evaluation import host_only_report
+
+    out = tmp_path / "report"
+    report = host_only_report(int8_artifacts["exp"], data=int8_artifacts["data"], limit=6, out=out,
+                              notes=["no firmware was built"])
+    assert report["backend"] == "host" and report["images"] == 6
+    assert report["top1"]["device"] is None and 0.0 <= report["top1"]["host_int8"] <= 1.0
+    assert report["top1"]["float"] is not None
+    assert report["experts"]["source"] == "host_int8"
+    assert all(l["source"] == "host routing" for m in report["routing_maps"] for l in m["layers"])
+    assert "no firmware was built" in (out / "report.md").read_text()
+    assert {"accuracy", "routing_map", "experts", "confusion"} <= set(report["figures"])
