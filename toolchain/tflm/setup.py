@@ -23,7 +23,7 @@ from toolchain.tflm import copies as copies_mod
 from toolchain.tflm.copies import GitCopy, Match, run
 from toolchain.tflm.pieces import (ALL_PIECES, DOWNLOADS, FLATBUFFERS_PATCH, PINNED_COMMIT,
                                    TFLM, THIRD_PARTY, Pin, Piece, read_pins)
-from toolchain.tflm.tree import TREE_FORMAT, TflmTree, cache_root, trees_dir
+from toolchain.tflm.tree import TREE_FORMAT, TflmTree, trees_dir
 
 log = logging.getLogger("routevit")
 
@@ -224,8 +224,3 @@ def _missing_message(missing: dict, resolver: _Resolver) -> str:
     if resolver.offline:
         how += ", or run online without --offline"
     return f"TFLM pieces missing: {'; '.join(parts)}; {how}"
-
-
-def default_cache_hint() -> str:
-    return str(trees_dir(None))
-
