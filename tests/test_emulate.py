@@ -540,3 +540,35 @@ def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, tmp_path
     assert counters[0] == counters[1], "instruction counts must be identical run to run under -icount"
     for name in ("report.md", "accuracy.png", "routing_map.png", "experts.png", "confusion.png"):
         assert (tmp_path / "report-0" / name).is_file()
+
+
+# -- the demo's firmware stages ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_demo_without_tflm_stops_after_host_evaluation_with_a_report(int8_artifacts, tmp_path, monkeypatch, capsys):
+    """No TFLM tree (an empty cache): one line on how to get TFLM, and the host reference's report."""
+    import dataclasses
+
+    from toolchain.emulate import demo_stages
+
+    monkeypatch.setenv("ROUTEVIT_CACHE", str(tmp_path / "empty-cache"))
+
+    @dataclasses.dataclass
+    class Ctx:  # the fields of toolchain.cli.demo.DemoContext the stages use
+        out: Path
+        data: str
+        quick: bool = True
+        paths: dict = dataclasses.field(default_factory=dict)
+
+    ctx = Ctx(out=tmp_path / "demo", data=int8_artifacts["data"], paths={"export": int8_artifacts["exp"]})
+    numbers = demo_stages.stage_generate(ctx)
+    assert numbers["board"] == "mps2-an386" and (ctx.out / "project" / "project.json").is_file()
+    capsys.readouterr()
+    built = demo_stages.stage_build(ctx)
+    said = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert built["skipped"] is True
+    assert len(said) == 1 and "routevit setup-tflm" in said[0] and "report" in said[0]
+    report = json.loads((ctx.out / "report" / "report.json").read_text())
+    assert report["backend"] == "host" and report["top1"]["host_int8"] is not None
+    assert any("no firmware was built" in note for note in report["notes"])
+    assert demo_stages.stage_emulate(ctx)["skipped"] is True

@@ -94,6 +94,20 @@ STAGES: list[Stage] = [
     Stage("evaluate-float", "reload the run and score the float model on the test split", stage_evaluate_float),
 ]
 
+# int8, firmware and emulator stages (toolchain/emulate/demo_stages.py). Without a TFLM tree the
+# build stage writes the report of what ran (host reference) and the emulate stage is skipped.
+from toolchain.emulate import demo_stages  # noqa: E402
+
+STAGES += [
+    Stage("quantize", "quantization-aware fine-tuning (QAT) of the run", demo_stages.stage_quantize),
+    Stage("export", "int8 segments + routing plan", demo_stages.stage_export),
+    Stage("evaluate-host", "float vs int8 on the host reference (tflite-micro wheel)", demo_stages.stage_evaluate_host),
+    Stage("generate", f"TFLM C++ project for {demo_stages.DEMO_BOARD}", demo_stages.stage_generate),
+    Stage("build", "firmware with arm-none-eabi-gcc against TFLM", demo_stages.stage_build),
+    Stage("emulate", f"firmware under QEMU {demo_stages.DEMO_BOARD} on test images; report",
+          demo_stages.stage_emulate),
+]
+
 
 # ---------------------------------------------------------------- command
 

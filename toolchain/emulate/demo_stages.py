@@ -1,7 +1,8 @@
-"""The firmware end of `routevit demo`: generate for mps2-an386, build, emulate and report.
+"""The int8 and firmware end of `routevit demo`: quantize (QAT), export, host evaluation, then
+generate for mps2-an386, build, emulate and report.
 
-Each function is a demo stage `(ctx) -> dict` (toolchain/cli/demo.py). They read the export
-from `ctx.paths["export"]`. Without a TFLM tree the build stage writes the report of what ran
+Each function is a demo stage `(ctx) -> dict` (toolchain/cli/demo.py). The firmware stages read
+the export from `ctx.paths["export"]`. Without a TFLM tree the build stage writes the report of what ran
 (the host reference) and says in one line how to get TFLM; the emulate stage then reports
 itself skipped.
 """
@@ -42,6 +43,40 @@ def tflm_missing_reason() -> str | None:
         return exc.format_message()
     return None
 
+
+# -- int8 (thin calls into quantization/ and toolchain/export, toolchain/hostref) ----------------
+
+def stage_quantize(ctx) -> dict:
+    from quantization.qrun import quantize_run
+
+    qrun = ctx.out / "qrun"
+    metrics = quantize_run(ctx.paths["run"], "qat", qrun, epochs=1, limit_train=ctx.limit("limit_train"),
+                           limit_eval=ctx.limit("limit_eval"))
+    ctx.paths["qrun"] = qrun
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "accuracy" in k}
+
+
+def stage_export(ctx) -> dict:
+    from toolchain.export import export
+
+    exp = ctx.out / "export"
+    plan = export(ctx.paths["qrun"], exp)
+    ctx.paths["export"] = exp
+    return {"segments": len(plan["segments"]), "routed_layers": len(plan.get("routed_layers") or []),
+            "model_bytes": sum(s["bytes"] for s in plan["segments"])}
+
+
+def stage_evaluate_host(ctx) -> dict:
+    from toolchain.hostref.evaluate import evaluate_host, format_table
+
+    result = evaluate_host(ctx.paths["export"], ctx.data, limit=ctx.limit("limit_eval"))
+    _say(format_table(result))
+    out = {"images": result["examples"], "float_top1": result["float"]["top1"],
+           "int8_top1": result["int8"]["top1"], "int8_agreement_with_float": result["int8"]["agreement_with_float"]}
+    return out
+
+
+# -- firmware ----------------------------------------------------------------------------------
 
 def stage_generate(ctx) -> dict:
     from toolchain.generate.project import generate
