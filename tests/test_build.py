@@ -79,7 +79,7 @@ def test_an_op_tflm_lacks_is_refused_before_any_compiling(tmp_path):
     assert "TFLM has no kernel for TOPK_V2, ONE_HOT" in result.stderr and "project.json" in result.stderr
 
 
-def test_kernel_table_has_the_model_ops_and_agrees_with_the_templates():
+def test_kernel_table_has_the_model_ops():
     from toolchain.tflm.library import kernel_table
 
     ops = kernel_table()["ops"]
@@ -87,8 +87,6 @@ def test_kernel_table_has_the_model_ops_and_agrees_with_the_templates():
     assert "TOPK_V2" not in ops and "ONE_HOT" not in ops and "CUMSUM" in ops
     assert ops["CONV_2D"]["kernels"] == ["conv.cc", "conv_common.cc"]
     assert ops["CONV_2D"]["cmsis_nn_sources"] == ["ConvolutionFunctions"]
-    templates = json.loads((REPO / "firmware_templates/tflm_ops.json").read_text())["ops"]
-    assert {op: e["resolver"] for op, e in ops.items()} == templates
 
 
 # -- with a TFLM tree ---------------------------------------------------------------------------

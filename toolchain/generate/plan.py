@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_templates import TEMPLATES_DIR
 from toolchain.errors import RoutevitError
 
 log = logging.getLogger("routevit")
@@ -26,9 +25,10 @@ PLAN_FORMAT = "routevit-plan/1"
 
 @lru_cache(maxsize=None)
 def tflm_op_methods() -> dict[str, str]:
-    """TFLite builtin name -> MicroMutableOpResolver method (firmware_templates/tflm_ops.json)."""
-    with open(TEMPLATES_DIR / "tflm_ops.json") as f:
-        return json.load(f)["ops"]
+    """TFLite builtin name -> MicroMutableOpResolver method, from the one op table (toolchain/tflm/kernels.json)."""
+    from toolchain.tflm.library import kernel_table
+
+    return {op: entry["resolver"] for op, entry in kernel_table()["ops"].items()}
 
 
 @dataclass
