@@ -113,8 +113,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{num(r['instructions_mean'])} | "
                      f"{ms(r['ms_at_clock_mean'])} | "
                      f"{num(r.get('arena_bytes'))} | {num(r.get('flash_bytes'))} |")
-    lines += ["", "Instructions are counted by SysTick under QEMU `-icount shift=0` (exact and repeatable); "
-              "ms assume one instruction per cycle at the board clock.",
+    lines += ["", "Instructions: the firmware's SysTick count under QEMU `-icount shift=0,sleep=off` (one tick = "
+              "40 instructions on MPS2); ms assume one instruction per cycle at the board clock. "
+              "Bit-exact: images whose int8 logits equal the host reference's (tflite-micro wheel).",
               "Reports per row (accuracy, routing map, confusion): see the `report` paths in the JSON.", ""]
     return "\n".join(lines)
 
@@ -128,7 +129,14 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernel sets")
     parser.add_argument("--name", default=None, help="results file name [default: qemu_<board>]")
+    parser.add_argument("--render", metavar="RESULTS_JSON", help="only re-render the markdown of a results file")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        text = markdown(saved["rows"], saved)
+        Path(args.render).with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     models = {}
