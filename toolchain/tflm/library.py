@@ -45,7 +45,7 @@ KERNEL_SETS = ("reference", "cmsis-nn")
 KERNELS_DIR = "tensorflow/lite/micro/kernels"
 
 # Flags TFLM's Makefile uses for every micro build (COMMON_FLAGS / CXXFLAGS / CCFLAGS).
-COMMON_FLAGS = ["-fno-unwind-tables", "-fno-asynchronous-unwind-tables", "-ffunction-sections",
+COMMON_FLAGS = ["-ffp-contract=off", "-fno-unwind-tables", "-fno-asynchronous-unwind-tables", "-ffunction-sections",
                 "-fdata-sections", "-fmessage-length=0", "-fomit-frame-pointer"]
 CXX_FLAGS = ["-std=c++17", "-fno-rtti", "-fno-exceptions", "-fno-threadsafe-statics"]
 C_FLAGS = ["-std=c17"]
@@ -271,8 +271,10 @@ def _plan(tree: TflmTree, spec: LibrarySpec, prefix: str, what: str) -> _Plan:
         "third_party": [gcc] + base + C_FLAGS + [spec.opt_kernels],
     }
     identity = {"tree": tree.identity(), "root": str(tree.root), "compiler": compiler_version(gxx)}
+    # The key covers the exact compiler command lines, so a change of flags in routevit itself
+    # (not only in the spec) gives a new library instead of a stale cache hit.
     key = _digest({"format": LIB_FORMAT, **identity, "spec": asdict(spec),
-                   "sources": [s.rel for s in sources]})
+                   "sources": [s.rel for s in sources], "commands": commands})
     return _Plan(sources, include_dirs, defines, commands, identity, key)
 
 
