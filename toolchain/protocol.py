@@ -370,8 +370,23 @@ class Client:
                 raise ProtocolError(f"expected message 0x{expect:02x}, got 0x{frame.type:02x}")
             return frame
 
-    def hello(self) -> Hello:
-        self.hello_info = decode_hello(self.request(MsgType.HELLO_REQ, b"", MsgType.HELLO).payload)
+    def hello(self, attempts: int = 5) -> Hello:
+        """HELLO, resent a few times within the client's timeout: a device that is still booting
+        drops bytes that arrive before its UART receiver is on (QEMU's STM32 USART does, and so
+        does a board just out of reset). Answers to earlier tries carry older sequence numbers
+        and are skipped."""
+        per_try = max(self.timeout / attempts, 0.5)
+        for attempt in range(attempts):
+            try:
+                frame = self.request(MsgType.HELLO_REQ, b"", MsgType.HELLO, timeout=per_try)
+                break
+            except DeviceError:
+                raise
+            except ProtocolError:
+                if attempt == attempts - 1:
+                    raise ProtocolError(f"no answer to HELLO within {per_try * attempts:g} s "
+                                        f"({attempts} tries)") from None
+        self.hello_info = decode_hello(frame.payload)
         return self.hello_info
 
     def ping(self, data: bytes) -> bytes:
