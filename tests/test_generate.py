@@ -326,3 +326,29 @@ def test_routed_firmware_on_qemu_equals_the_host_reference(routed_exp, tmp_path)
             assert [c.tolist() for c in result.expert_counts] == [c.tolist() for c in counts]
     finally:
         link.close()
+
+
+def test_sub_uses_routevit_kernel_only_when_the_plan_has_sub(tiny_exp, tmp_path):
+    """SUB gets routevit's double-precision kernel (TFLM 90b983c2 rounds its multipliers in float32)."""
+    from toolchain.boards import get_board
+    from toolchain.generate import render
+
+    board = get_board("mps2-an386")
+    with_sub = render.template_files(True, board, ["ADD", "SUB"])
+    assert with_sub["src/sub_kernel.cc"] == "src/sub_kernel.cc.j2" and "src/sub_kernel.h" in with_sub
+    for files in (render.template_files(True, board, ["ADD"]), render.template_files(False, board, ["SUB"])):
+        assert not any(name.startswith("src/sub_kernel") for name in files)
+    out = tmp_path / "PROJ"
+    assert run("generate", tiny_exp, "--board", "mps2-an386", "--out", out).exit_code == 0
+    ops = json.loads((out / "project.json").read_text())["ops"]
+    assert "SUB" not in ops and not (out / "src/sub_kernel.cc").exists()
+    assert "sub_kernel" not in (out / "Makefile").read_text() + (out / "src/op_resolver.h").read_text()
+    # The same template with SUB among the plan's ops: registered with routevit's kernel and built.
+    env = render._environment()
+    env.globals["header"] = render._header_fn(None, board.id)
+    kernels = render.own_kernels(["ADD", "SUB"])
+    resolver = env.get_template("src/op_resolver.h.j2").render(
+        ops=["ADD", "SUB"], op_methods={"ADD": "AddAdd", "SUB": "AddSub"}, own_kernels=kernels)
+    assert '#include "sub_kernel.h"' in resolver
+    assert "resolver.AddSub(routevit::Register_SUB_DOUBLE_SCALE())" in resolver
+    assert "resolver.AddAdd()" in resolver

@@ -46,6 +46,8 @@ def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict
         "systick_clock_hz": systick_hz,
         "model_id_literal": render.model_id_literal(plan_sha256),
         "stop_frame_bytes": list(encode_frame(MsgType.STOP, 0, b"\x00")),
+        "own_kernels": {},
+        "own_kernel_sources": [],
         **sizes,
     }
 
@@ -139,6 +141,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
                        extra_payload=max(input_bytes, result_bytes), stack_bytes=stack_bytes)
     ctx.update({
         "segments": seg_ctx, "stages": stages, "arena": arena, "ops": ops, "op_methods": tflm_op_methods(),
+        "own_kernels": render.own_kernels(ops),
+        "own_kernel_sources": sorted(src for entry in render.own_kernels(ops).values()
+                                     for src in entry["sources"] if src.endswith(".cc")),
         "num_classes": plan.num_classes,
         "logits": {"stage": stage[(plan.logits["segment"], plan.logits["output"])]},
         "input": {"shape": shape, "bytes": input_bytes, "scale_literal": _float_literal(float(plan.input["scale"])),

@@ -33,6 +33,13 @@ SELFTEST_LAYERS = (
 MODEL_ONLY = {"src/tflm_glue.h", "src/main.cc", "src/model_data.cc", "src/model_data.h", "src/op_resolver.h",
               "src/tflm_glue.cc", "src/requantize.h"}
 
+# routevit's own kernels, registered instead of TFLM's for these ops (each header says why).
+# Their sources are rendered and built only for a plan that uses the op.
+OWN_KERNELS = {
+    "SUB": {"sources": ("src/sub_kernel.h", "src/sub_kernel.cc"), "header": "sub_kernel.h",
+            "registration": "routevit::Register_SUB_DOUBLE_SCALE()"},
+}
+
 # Board UART kind -> the driver template rendered as src/board/uart.c
 UART_TEMPLATES = {
     "cmsdk_apb": "src/board/uart_cmsdk_apb.c.j2",
@@ -84,8 +91,15 @@ def routing_sizes(routed_layers: list[dict]) -> dict:
     }
 
 
-def template_files(with_model: bool, board: Board) -> dict[str, str]:
+def own_kernels(ops: list[str]) -> dict[str, dict]:
+    """The plan's ops that routevit's own kernels serve -> their OWN_KERNELS entry."""
+    return {op: OWN_KERNELS[op] for op in sorted(ops) if op in OWN_KERNELS}
+
+
+def template_files(with_model: bool, board: Board, ops: list[str] = ()) -> dict[str, str]:
     """Output relative path -> template name, sorted."""
+    used_own = {src for entry in own_kernels(ops).values() for src in entry["sources"]}
+    unused_own = {src for entry in OWN_KERNELS.values() for src in entry["sources"]} - used_own
     out = {}
     for path in sorted(PROJECT_TEMPLATES.rglob("*.j2")):
         rel = path.relative_to(PROJECT_TEMPLATES).as_posix()
@@ -98,6 +112,8 @@ def template_files(with_model: bool, board: Board) -> dict[str, str]:
                 continue
             target = f"renode/{board.id}.repl"
         if target in MODEL_ONLY and not with_model:
+            continue
+        if target in unused_own or (target in used_own and not with_model):
             continue
         out[target] = rel
     out["src/board/uart.c"] = UART_TEMPLATES[board.uart["kind"]]
@@ -112,7 +128,7 @@ def render_project(dest: Path, board: Board, context: dict, with_model: bool) ->
     ctx["board"] = _board_view(board)
     ctx["protocol_version"] = PROTOCOL_VERSION
     written = []
-    for target, template in template_files(with_model, board).items():
+    for target, template in template_files(with_model, board, ctx.get("ops", [])).items():
         text = env.get_template(template).render(**ctx)
         out = dest / target
         out.parent.mkdir(parents=True, exist_ok=True)
