@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from toolchain.errors import RoutevitError
+from toolchain.manifest import read_manifest
 
 FORMAT = "routevit-quant/1"
 QUANT = "quant.json"
@@ -37,13 +38,7 @@ def read_meta(qrun) -> dict:
             hint = " (this is a float training run: run `routevit quantize RUN --method qat|ptq --out QRUN` first)"
         raise RoutevitError(f"{qrun}: not a quantized run, {QUANT} missing{hint}; "
                             "give the --out folder of `routevit quantize`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RoutevitError(f"{path}: not valid JSON ({exc}); run `routevit quantize` again") from None
-    if meta.get("format") != FORMAT:
-        raise RoutevitError(f"{path}: format {meta.get('format')!r} is not {FORMAT}; "
-                            "run `routevit quantize` again")
+    meta = read_manifest(path, "run `routevit quantize` again", FORMAT)
     for name in (CONFIG, WEIGHTS, FLOAT_WEIGHTS):
         if not (qrun / name).is_file():
             raise RoutevitError(f"{qrun / name}: missing; run `routevit quantize` again")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import toolchain
 from toolchain.errors import RoutevitError
+from toolchain.manifest import read_manifest
 from toolchain.fsutil import atomic_output_dir
 from toolchain.tflm import find_tree
 from toolchain.tflm.library import KERNEL_SETS, LibrarySpec, build_library, check_ops
@@ -41,13 +42,7 @@ def load_project(proj: Path) -> dict:
         raise RoutevitError(f"{proj}: no such project folder; {hint}")
     if not path.is_file():
         raise RoutevitError(f"{path}: missing, so {proj} is not a routevit project; {hint}")
-    try:
-        project = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RoutevitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); {hint}")
-    if not isinstance(project, dict) or project.get("format") != PROJECT_FORMAT:
-        found = project.get("format") if isinstance(project, dict) else type(project).__name__
-        raise RoutevitError(f"{path}: format {found!r} is not {PROJECT_FORMAT!r}; {hint}")
+    project = read_manifest(path, hint, PROJECT_FORMAT)
     for key, kind in (("core", str), ("cpu_flags", list), ("ops", list)):
         value = project.get(key)
         if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):

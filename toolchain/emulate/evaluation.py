@@ -22,6 +22,7 @@ import numpy as np
 from toolchain.emulate.link import Link
 from toolchain.emulate.session import DeviceError, Session
 from toolchain.errors import RoutevitError
+from toolchain.manifest import read_manifest
 
 log = logging.getLogger("routevit")
 
@@ -80,10 +81,7 @@ def load_project(root: Path, export_dir: Path | None = None) -> Project:
     if not meta_path.is_file():
         raise RoutevitError(f"{root}: not a routevit project (no project.json); create one with "
                             "`routevit generate EXP --board B --out PROJ`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RoutevitError(f"{meta_path}: not valid JSON ({exc}); regenerate the project") from None
+    meta = read_manifest(meta_path, "regenerate the project with `routevit generate EXP --board B --out PROJ`")
     board = get_board(meta.get("board", ""))
     if export_dir is not None:
         plan_path = Path(export_dir) / "plan.json"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import RoutevitError
+from toolchain.manifest import read_manifest
 
 FORMAT = "routevit-plan/1"
 PLAN = "plan.json"
@@ -63,13 +64,7 @@ def read(folder) -> dict:
         raise RoutevitError(f"{folder}: no such folder; give the --out folder of `routevit export`")
     if not path.is_file():
         raise RoutevitError(f"{path}: missing; give the --out folder of `routevit export`")
-    try:
-        plan = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RoutevitError(f"{path}: not valid JSON ({exc}); run `routevit export` again") from None
-    if plan.get("format") != FORMAT:
-        raise RoutevitError(f"{path}: format {plan.get('format')!r} is not {FORMAT}; "
-                            "run `routevit export` again")
+    plan = read_manifest(path, "run `routevit export` again", FORMAT)
     for seg in plan["segments"]:
         check_segment_file(folder, seg)
     check_routing(plan, path)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import RoutevitError
+from toolchain.manifest import read_manifest
 from toolchain.tflm.pieces import DOWNLOADS, PINNED_COMMIT
 
 TREE_FORMAT = "routevit-tflm-tree/1"
@@ -68,13 +68,7 @@ class TflmTree:
         root = Path(root).resolve()
         manifest_path = root / "tree.json"
         if manifest_path.is_file():
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except json.JSONDecodeError as e:
-                raise RoutevitError(f"{manifest_path}: not valid JSON ({e}); {SETUP_HINT}")
-            if manifest.get("format") != TREE_FORMAT:
-                raise RoutevitError(f"{manifest_path}: format {manifest.get('format')!r} is not "
-                                    f"{TREE_FORMAT}; set the tree up again: {SETUP_HINT}")
+            manifest = read_manifest(manifest_path, f"set the tree up again: {SETUP_HINT}", TREE_FORMAT)
         else:
             manifest = cls._manifest_of_checkout(root)
         tree = cls(root, manifest)

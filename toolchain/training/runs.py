@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from toolchain.errors import RoutevitError
+from toolchain.manifest import read_manifest
 
 WEIGHTS = "weights.h5"
 CONFIG = "config.json"
@@ -56,14 +57,7 @@ def read_run_metadata(run) -> dict:
         if not (run / name).is_file():
             raise RoutevitError(f"{run}: not a finished training run ({name} missing); "
                                 "give the --out folder of `routevit train`")
-    try:
-        meta = json.loads((run / METRICS).read_text())
-    except json.JSONDecodeError as exc:
-        raise RoutevitError(f"{run / METRICS}: not valid JSON ({exc}); train the run again") from None
-    if meta.get("format") != METRICS_FORMAT:
-        raise RoutevitError(f"{run / METRICS}: format {meta.get('format')!r} is not {METRICS_FORMAT}; "
-                            "train the run again with this routevit")
-    return meta
+    return read_manifest(run / METRICS, "train the run again with this routevit", METRICS_FORMAT)
 
 
 def load_run(run, batch_size: int | None = None):
