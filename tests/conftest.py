@@ -122,6 +122,9 @@ def int8_artifacts(tmp_path_factory):
     from int8_fixture import build
 
     root = tmp_path_factory.mktemp("int8")
+    # Its dataset caches go to a private folder while it builds; restored afterwards, so tests
+    # that run later in the session still find the user's TFLM tree in the real cache.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROUTEVIT_CACHE", str(root / "cache"))
-        yield build(root)
+        artifacts = build(root)
+    return artifacts
