@@ -2,6 +2,12 @@
 # routevit setup for a Debian machine: system packages (Arm GCC + newlib, QEMU, Fashion-MNIST),
 # a Python 3.11 virtual environment in .venv, and routevit installed into it (editable, with test
 # extras). Safe to run again: it only does what is missing, and is quick when nothing is.
+#
+# Optional local copies, for machines without GitHub (CI sets both from ../shared):
+#   ROUTEVIT_TFLM_FROM=DIR        local copies of TFLM and its pinned pieces (checkouts, bare git
+#                                 dirs or archives): the TFLM tree is set up from them
+#   ROUTEVIT_RENODE_FROM=ARCHIVE  a Renode build (.tar.gz) for Debian's Mono: mono-complete is
+#                                 installed and Renode unpacked into $ROUTEVIT_CACHE/renode
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,6 +39,9 @@ apt_install() {
 }
 
 # 1. Debian packages
+if [ -n "${ROUTEVIT_RENODE_FROM:-}" ]; then
+    APT_PACKAGES+=(mono-complete)
+fi
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     installed "$package" || missing+=("$package")
@@ -71,5 +80,27 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ] || [ ! -x "$VENV/bin/ro
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e '.[test]'
     echo "$want" > "$STAMP"
+fi
+
+# 4. Local copies of TFLM and Renode, when given
+CACHE="${ROUTEVIT_CACHE:-$HOME/.cache/routevit}"
+if [ -n "${ROUTEVIT_TFLM_FROM:-}" ]; then
+    "$VENV/bin/routevit" setup-tflm --offline --from "$ROUTEVIT_TFLM_FROM" >/dev/null
+fi
+if [ -n "${ROUTEVIT_RENODE_FROM:-}" ]; then
+    if [ ! -f "$ROUTEVIT_RENODE_FROM" ]; then
+        say "ROUTEVIT_RENODE_FROM=$ROUTEVIT_RENODE_FROM: no such archive"
+        exit 1
+    fi
+    # Never under $TMPDIR/renode-*: Renode deletes such folders it does not own.
+    renode_dir="$CACHE/renode"
+    renode_want=$(sha256sum "$ROUTEVIT_RENODE_FROM" | cut -d' ' -f1)
+    if [ ! -x "$renode_dir/renode" ] || [ "$(cat "$renode_dir/.routevit-archive" 2>/dev/null)" != "$renode_want" ]; then
+        say "unpacking Renode from $ROUTEVIT_RENODE_FROM into $renode_dir"
+        rm -rf "$renode_dir.new" && mkdir -p "$renode_dir.new"
+        tar xzf "$ROUTEVIT_RENODE_FROM" -C "$renode_dir.new" --strip-components=1
+        echo "$renode_want" > "$renode_dir.new/.routevit-archive"
+        rm -rf "$renode_dir" && mv "$renode_dir.new" "$renode_dir"
+    fi
 fi
 say "ready: $VENV/bin/routevit"

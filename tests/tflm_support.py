@@ -17,17 +17,19 @@ import pytest
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tflm_smoke"
 M4F = ("cortex-m4", ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-mthumb"))
-SKIP_HINT = ("no TFLM tree: run `routevit setup-tflm` (online) or "
-             "`routevit setup-tflm --from /work/.mirror` (offline copies)")
+SKIP_HINT = ("no TFLM tree: run `routevit setup-tflm` (online), or set ROUTEVIT_TFLM_FROM=DIR to "
+             "local copies of TFLM and its pieces (CI: ../shared/third_party)")
 
 
 def tflm_tree():
-    """The TFLM tree `routevit build` would use, or skip."""
+    """The TFLM tree `routevit build` would use (set up from $ROUTEVIT_TFLM_FROM when that is
+    given and no tree exists yet), or skip. Tests never clone from the network."""
     from toolchain.errors import RoutevitError
     from toolchain.tflm import find_tree
+    from toolchain.tflm.setup import ensure_tree, local_copies
 
     try:
-        return find_tree()
+        return ensure_tree() if local_copies() is not None else find_tree()
     except RoutevitError as e:
         pytest.skip(f"{SKIP_HINT}: {e.format_message()}")
 
@@ -39,7 +41,11 @@ def require_tools(*names):
 
 
 def mirror_root() -> Path | None:
-    """Local copies of TFLM and its pieces (bare git dirs), if this machine has them."""
+    """Local copies of TFLM and its pieces, if this machine has them: $ROUTEVIT_TFLM_FROM (CI:
+    ../shared/third_party, archives), else bare git dirs under $ROUTEVIT_TFLM_MIRROR."""
+    given = os.environ.get("ROUTEVIT_TFLM_FROM")
+    if given and Path(given).exists():
+        return Path(given)
     root = Path(os.environ.get("ROUTEVIT_TFLM_MIRROR", "/work/.mirror"))
     return root if (root / "tensorflow+tflite-micro" / "repo").is_dir() else None
 

@@ -25,6 +25,7 @@ from toolchain.errors import RoutevitError
 from toolchain.manifest import read_manifest
 from toolchain.fsutil import atomic_output_dir
 from toolchain.tflm import find_tree
+from toolchain.tflm.setup import ensure_tree
 from toolchain.tflm.library import KERNEL_SETS, LibrarySpec, build_library, check_ops
 
 log = logging.getLogger("routevit")
@@ -111,7 +112,8 @@ def build_project(proj, kernels: str = "reference", tflm: Path | None = None, *,
     if kernels not in KERNEL_SETS:
         raise RoutevitError(f"--kernels {kernels}: unknown kernel set; use one of {', '.join(KERNEL_SETS)}")
     check_ops(project["ops"], str(proj / "project.json"))
-    tree = find_tree(tflm, cache)
+    # No tree yet: set it up (local copies from $ROUTEVIT_TFLM_FROM, else a clone) instead of failing.
+    tree = find_tree(tflm, cache) if tflm is not None else ensure_tree(cache)
     spec = LibrarySpec(project["core"], tuple(project["cpu_flags"]), tuple(project["ops"]), kernels=kernels,
                        strip_error_strings=strip_error_strings)
     click.echo(f"TFLM {tree.commit[:8]} at {tree.root}; {kernels} kernels for {len(spec.ops)} ops "

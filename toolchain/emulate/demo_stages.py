@@ -34,11 +34,13 @@ def _images(ctx) -> int:
 
 
 def tflm_missing_reason() -> str | None:
+    """None once a TFLM tree is there: set up now if missing (local copies from
+    $ROUTEVIT_TFLM_FROM, else a clone of the pinned commits); else why neither worked."""
     from toolchain.errors import RoutevitError
-    from toolchain.tflm import find_tree
+    from toolchain.tflm.setup import ensure_tree
 
     try:
-        find_tree()
+        ensure_tree()
     except RoutevitError as exc:
         return exc.format_message()
     return None
@@ -95,12 +97,12 @@ def stage_build(ctx) -> dict:
     reason = tflm_missing_reason()
     if reason:
         report_dir = ctx.out / "report"
-        note = "no firmware was built: no TFLM tree is set up (run `routevit setup-tflm`)"
+        note = f"no firmware was built: no TFLM tree could be set up ({reason})"
         host_only_report(_export(ctx), data=ctx.data, limit=_images(ctx), out=report_dir, notes=[note])
         ctx.paths["report"] = report_dir
-        _say("TFLM is not set up, so the demo stops after the host evaluation (report: "
-             f"{report_dir}/report.md); get TFLM with `routevit setup-tflm` (online) or "
-             "`routevit setup-tflm --from PATH` (a local copy), then run the demo again")
+        _say("TFLM could not be set up (no network and no local copy), so the demo stops after the host "
+             f"evaluation (report: {report_dir}/report.md); set ROUTEVIT_TFLM_FROM=DIR to local copies "
+             "of TFLM and its pieces, or run `routevit setup-tflm --from PATH`, then run the demo again")
         return {"skipped": True, "reason": reason}
     record = build_project(ctx.paths["project"])
     ctx.paths["firmware"] = Path(ctx.paths["project"]) / "build" / "firmware.elf"

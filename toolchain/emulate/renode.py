@@ -11,6 +11,7 @@ server's XML-RPC `run_keyword("ExecuteCommand", [cmd])`.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -30,15 +31,43 @@ PROJECT_RESC = Path("renode") / "run.resc"
 RENODE_MIPS = 1000
 
 
+def installed_renode_dir() -> Path:
+    """Where `setup.sh` unpacks a Renode archive given by $ROUTEVIT_RENODE_FROM."""
+    from toolchain.tflm.tree import cache_root
+
+    return cache_root() / "renode"
+
+
 def renode_binary() -> str | None:
-    return shutil.which(RENODE_BINARY)
+    """$RENODE (the `renode` launcher), else `renode` on PATH, else the copy setup.sh unpacked."""
+    explicit = os.environ.get("RENODE")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    found = shutil.which(RENODE_BINARY)
+    if found:
+        return found
+    unpacked = installed_renode_dir() / RENODE_BINARY
+    return str(unpacked) if unpacked.is_file() else None
+
+
+def renode_test_binary() -> str | None:
+    """`renode-test` beside the renode launcher in use."""
+    binary = renode_binary()
+    if binary is None:
+        return None
+    beside = Path(binary).resolve().parent / "renode-test"
+    return str(beside) if beside.is_file() else shutil.which("renode-test")
 
 
 def renode_missing_reason() -> str | None:
     """Why the Renode backend cannot run here, or None if it can."""
+    if os.environ.get("RENODE") and renode_binary() is None:
+        return f"RENODE={os.environ['RENODE']}: no such file; point it at the `renode` launcher or unset it"
     if renode_binary() is None:
-        return ("renode: not found on PATH; install Renode from https://renode.io (it is on no "
-                "package registry) or use --backend qemu")
+        return ("renode: not found ($RENODE, PATH, or the copy `ROUTEVIT_RENODE_FROM=ARCHIVE ./setup.sh` "
+                "unpacks); Renode is on no package registry: get it from https://renode.io, or use --backend qemu")
+    if shutil.which("mono") is None:
+        return "renode: needs Mono (Debian: apt-get install mono-complete), or use --backend qemu"
     return None
 
 

@@ -224,3 +224,51 @@ def _missing_message(missing: dict, resolver: _Resolver) -> str:
     if resolver.offline:
         how += ", or run online without --offline"
     return f"TFLM pieces missing: {'; '.join(parts)}; {how}"
+
+
+# Where `ensure_tree` looks for local copies when no tree is set up (CI and offline machines:
+# e.g. ROUTEVIT_TFLM_FROM=../shared/third_party).
+LOCAL_COPIES_ENV = "ROUTEVIT_TFLM_FROM"
+
+
+def local_copies() -> Path | None:
+    """The folder of local TFLM copies named by $ROUTEVIT_TFLM_FROM, if it is set."""
+    value = os.environ.get(LOCAL_COPIES_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise RoutevitError(f"{LOCAL_COPIES_ENV}={value}: no such file or folder; point it at local copies "
+                            "of TFLM and its pieces (checkouts, bare git dirs or archives) or unset it")
+    return path
+
+
+def ensure_tree(cache: Path | None = None) -> TflmTree:
+    """The TFLM tree `routevit build` uses; set it up first if there is none: from the local
+    copies in $ROUTEVIT_TFLM_FROM when that is set (offline), else by cloning the pinned commits.
+    Only when neither works is it an error (one line saying both ways)."""
+    from toolchain.tflm.tree import find_tree
+
+    try:
+        return find_tree(cache=cache)
+    except RoutevitError as missing:
+        if installed_trees_exist(cache):
+            raise  # several trees, none pinned: the user must choose, not us
+        reason = missing.format_message()
+    local = local_copies()
+    if local is not None:
+        _say(f"no TFLM tree yet; setting it up from {local} (${LOCAL_COPIES_ENV})")
+        return setup_tree([local], offline=True, cache=cache)
+    _say("no TFLM tree yet; cloning TFLM at the pinned commit and its pieces (set "
+         f"${LOCAL_COPIES_ENV}=DIR to use local copies instead)")
+    try:
+        return setup_tree((), cache=cache)
+    except RoutevitError as exc:
+        raise RoutevitError(f"{reason}; cloning it failed too ({exc.format_message()}); set "
+                            f"{LOCAL_COPIES_ENV}=DIR to local copies, or run `routevit setup-tflm --from PATH`") from None
+
+
+def installed_trees_exist(cache: Path | None = None) -> bool:
+    from toolchain.tflm.tree import installed_trees
+
+    return bool(installed_trees(cache))
