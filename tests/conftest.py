@@ -99,7 +99,7 @@ def image_folder(tmp_path, dataset_cache) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
-def run_routevit(*args, env=None, timeout=600):
+def run_routevit(*args, env=None, timeout=600, cwd=REPO):
     """Run the installed `routevit` CLI in a subprocess (the way a user does); returns CompletedProcess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
@@ -107,7 +107,7 @@ def run_routevit(*args, env=None, timeout=600):
     command = [str(script)] if script.exists() else [
         sys.executable, "-c", "import sys; from toolchain.cli import main; sys.exit(main())"]
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
+                          timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
 
 
 def error_lines(stderr: str) -> list:

@@ -139,7 +139,7 @@ def test_failed_report_leaves_nothing_behind(tmp_path):
 @pytest.mark.slow
 def test_host_only_report_of_a_real_export(int8_artifacts, tmp_path):
     """What `routevit demo` writes when no firmware can be built: the host reference's report."""
-    from toolchain.emulate.evaluation import host_only_report
+    from toolchain.emulate.host_only import host_only_report
 
     out = tmp_path / "report"
     report = host_only_report(int8_artifacts["exp"], data=int8_artifacts["data"], limit=6, out=out,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from toolchain.emulate.evaluation import BACKENDS
+from toolchain.emulate.project import BACKENDS
 
 
 def summary_lines(report: dict, out: Path | None) -> list[str]:
@@ -56,10 +56,17 @@ def selftest_summary(result: dict) -> list[str]:
 @click.option("--selftest", is_flag=True,
               help="Run the self-test firmware (build/selftest.elf, no TFLM needed): HELLO, PING and "
                    "ROUTE checked against the host routing; no report.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Emulator instances run at once (one per core); the report is the same as with 1.")
+@click.option("--resume", is_flag=True,
+              help="Continue a run that stopped (crash, timeout, Ctrl-C): keep the results already in "
+                   "the report folder's device_results.jsonl and run only the remaining images.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(project, backend, data, limit, out, timeout_per_image, export_dir, no_build, selftest, as_json):
+def command(project, backend, data, limit, out, timeout_per_image, export_dir, no_build, selftest, jobs, resume,
+            as_json):
     """Run PROJECT's firmware under QEMU or Renode on test images; write a report folder."""
-    from toolchain.emulate.evaluation import emulate_project, selftest_project
+    from toolchain.emulate.evaluation import emulate_project
+    from toolchain.emulate.selftest import selftest_project
 
     if selftest:
         result = selftest_project(project, backend=backend, timeout_s=timeout_per_image)
@@ -69,17 +76,28 @@ def command(project, backend, data, limit, out, timeout_per_image, export_dir, n
             click.echo(json.dumps(result))
         return
     out = out or (Path(project) / "reports" / backend)
-    report = emulate_project(project, backend=backend, data=data, limit=limit, out=out,
-                             timeout_per_image=timeout_per_image, build=not no_build, export_dir=export_dir)
+    report = interruptible(lambda: emulate_project(
+        project, backend=backend, data=data, limit=limit, out=out, timeout_per_image=timeout_per_image,
+        build=not no_build, export_dir=export_dir, jobs=jobs, resume=resume), out)
     for line in summary_lines(report, out):
         click.echo(line, err=True)
     if as_json:
         click.echo(json.dumps({"report_dir": str(Path(out).resolve()), **_headline(report)}))
 
 
+def interruptible(run, out: Path | None):
+    """Ctrl-C: one line saying where the partial report is and how to continue, exit code 130."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        where = f"; the finished images are in {out} (continue with --resume)" if out else ""
+        click.echo(f"Interrupted{where}", err=True)
+        raise SystemExit(130) from None
+
+
 def _headline(report: dict) -> dict:
     """The JSON numbers (the full report is in REPORT/report.json)."""
-    keys = ("target", "board", "backend", "dataset", "images", "top1", "agreement_device_vs_host",
+    keys = ("target", "board", "backend", "dataset", "images", "progress", "top1", "agreement_device_vs_host",
             "expert_counts_match_host", "counter", "memory", "experts", "wall_seconds")
     out = {k: report.get(k) for k in keys}
     if out.get("agreement_device_vs_host"):
@@ -87,29 +105,15 @@ def _headline(report: dict) -> dict:
     return out
 
 
-def evaluate_port(project: Path, port: str, *, baud: int = 115200, data: str = "fashion-mnist",
-                  limit: int = 200, out: Path | None = None, timeout_per_image: float = 120.0,
-                  export_dir: Path | None = None, as_json: bool = False) -> dict:
-    """`routevit evaluate PROJ --port DEV`: the same session and report as `emulate`, against a
-    board on a serial port. Called by toolchain/cli/evaluate.py when --port is given."""
-    from toolchain.emulate.evaluation import evaluate_on_port
-
-    out = out or (Path(project) / "reports" / "board")
-    report = evaluate_on_port(project, port=port, baud=baud, data=data, limit=limit, out=out,
-                              timeout_per_image=timeout_per_image, export_dir=export_dir)
-    for line in summary_lines(report, out):
-        click.echo(line, err=True)
-    if as_json:
-        click.echo(json.dumps({"report_dir": str(Path(out).resolve()), **_headline(report)}))
-    return report
-
-
 def port_evaluation(project, port: str, data: str, limit: int | None, baud: int = 115200,
-                    out: Path | None = None, export_dir: Path | None = None) -> tuple[dict, str]:
-    """(JSON numbers, human text) of `routevit evaluate PROJ --port DEV` for evaluate.py's hook."""
+                    out: Path | None = None, export_dir: Path | None = None,
+                    resume: bool = False) -> tuple[dict, str]:
+    """(JSON numbers, human text) of `routevit evaluate PROJ --port DEV`: the same session and
+    report as `emulate`, against a board on a serial port."""
     from toolchain.emulate.evaluation import evaluate_on_port
 
     out = Path(out) if out else Path(project) / "reports" / "board"
-    report = evaluate_on_port(Path(project), port=port, baud=baud, data=data, limit=limit or 200, out=out,
-                              export_dir=Path(export_dir) if export_dir else None)
+    report = interruptible(lambda: evaluate_on_port(
+        Path(project), port=port, baud=baud, data=data, limit=limit or 200, out=out,
+        export_dir=Path(export_dir) if export_dir else None, resume=resume), out)
     return {"report_dir": str(out.resolve()), **_headline(report)}, "\n".join(summary_lines(report, out))

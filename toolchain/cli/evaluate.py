@@ -19,8 +19,10 @@ import click
               help="With --port: report folder [default: PROJ/reports/board].")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="With --port: the export (EXP) PROJ was generated from, for the host reference.")
+@click.option("--resume", is_flag=True,
+              help="With --port: continue a run that stopped, keeping the results already in the report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-def command(target, backend, port, data, limit, baud, out, export_dir, as_json):
+def command(target, backend, port, data, limit, baud, out, export_dir, resume, as_json):
     """Top-1 of float / PTQ int8 / QAT int8, agreement, expert use and arena of TARGET."""
     from toolchain.errors import RoutevitError
 
@@ -28,7 +30,10 @@ def command(target, backend, port, data, limit, baud, out, export_dir, as_json):
         raise RoutevitError("evaluate: give exactly one of --host (TARGET = EXP) or --port DEV "
                             "(TARGET = PROJ)")
     if port is not None:
-        result, text = _evaluate_port(target, port, data, limit, baud, out, export_dir)
+        from toolchain.cli.emulate import port_evaluation
+
+        result, text = port_evaluation(target, port, data, limit, baud=baud, out=out, export_dir=export_dir,
+                                       resume=resume)
     else:
         from toolchain.hostref.evaluate import evaluate_host, format_table
 
@@ -37,11 +42,3 @@ def command(target, backend, port, data, limit, baud, out, export_dir, as_json):
     click.echo(text, err=True)
     if as_json:
         click.echo(json.dumps(result))
-
-
-def _evaluate_port(target, port, data, limit, baud=115200, out=None, export_dir=None):
-    """Board evaluation over a serial port: toolchain.emulate's session code path (shared with
-    `routevit emulate`), implemented in toolchain/cli/emulate.py."""
-    from toolchain.cli.emulate import port_evaluation
-
-    return port_evaluation(target, port, data, limit, baud=baud, out=out, export_dir=export_dir)

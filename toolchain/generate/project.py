@@ -184,7 +184,13 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     return ctx, budget, details
 
 
-def project_json(plan: Plan, board: Board, ctx: dict, details: dict) -> dict:
+def export_relative(plan: Plan, out: Path) -> str:
+    import os
+
+    return os.path.relpath(Path(plan.path).resolve().parent, Path(out).resolve())
+
+
+def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) -> dict:
     return {
         "format": FORMAT,
         "generated_by": render.header_lines(plan.sha256, board.id)[0],
@@ -197,6 +203,10 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict) -> dict:
         "ops": ctx["ops"],
         "arena_bytes": ctx["arena"]["bytes"],
         "plan_sha256": plan.sha256,
+        # Where the export was, so `routevit emulate PROJ` finds its host reference (load_project
+        # checks the sha256): relative to the project first (both moved together), then absolute.
+        "export": {"path": str(Path(plan.path).resolve().parent), "relative": export_relative(plan, out),
+                   "plan_sha256": plan.sha256},
         "segments": [{"file": s["file"], "bytes": s["bytes"], "sha256": s["sha256"]} for s in details["segments"]],
         "num_classes": plan.num_classes,
         "input": {"shape": ctx["input"]["shape"], "scale": float(plan.input["scale"]),
@@ -232,7 +242,7 @@ def generate(exp_dir: Path, board_id: str, out: Path,
     report = memory.report_json(budget, header[0], details)
     with atomic_output_dir(Path(out)) as tmp:
         files = render.render_project(tmp, board, ctx, with_model=True)
-        (tmp / "project.json").write_text(render.dump_json(project_json(plan, board, ctx, details)))
+        (tmp / "project.json").write_text(render.dump_json(project_json(plan, board, ctx, details, out)))
         (tmp / "memory_report.json").write_text(render.dump_json(report))
         (tmp / "memory_report.md").write_text(memory.report_markdown(budget, header, details) + "\n")
         files += ["memory_report.json", "memory_report.md", "project.json"]
