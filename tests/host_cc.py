@@ -23,8 +23,6 @@ DRIVERS = Path(__file__).resolve().parent / "fixtures" / "host_kernels"
 # of a negative value) is often the first sign of a difference between host and device.
 BASE_FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-fno-exceptions", "-fno-rtti",
               "-ffp-contract=off"]
-# TFLM headers are not -Wextra clean; code that includes them is built with these instead.
-TFLM_FLAGS = ["-std=c++17", "-O2", "-Wall", "-fno-exceptions", "-fno-rtti", "-ffp-contract=off"]
 
 
 def gxx() -> str:
@@ -54,12 +52,14 @@ def render_templates(dest: Path, targets, board_id: str = "mps2-an386", plan_sha
     return dest
 
 
-def compile_program(sources, exe: Path, *, include_dirs=(), defines=(), libraries=(), flags=None) -> Path:
-    """g++ sources -> exe; a failed compile fails the test with the compiler's message."""
+def compile_program(sources, exe: Path, *, include_dirs=(), system_include_dirs=(), defines=(), libraries=(),
+                    flags=None) -> Path:
+    """g++ sources -> exe; a failed compile fails the test with the compiler's message.
+    system_include_dirs (TFLM's) are -isystem, as the firmware Makefile passes them."""
     exe = Path(exe)
     exe.parent.mkdir(parents=True, exist_ok=True)
     command = [gxx(), *(BASE_FLAGS if flags is None else flags), *[f"-I{d}" for d in include_dirs],
-               *[f"-D{d}" for d in defines], *map(str, sources), *map(str, libraries), "-lm", "-o", str(exe)]
+               *[f"-isystem{d}" for d in system_include_dirs], *[f"-D{d}" for d in defines], *map(str, sources), *map(str, libraries), "-lm", "-o", str(exe)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.fail(f"host g++ failed ({' '.join(command)}):\n{done.stderr[-6000:]}")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_cc import (DRIVERS, TFLM_FLAGS, compile_program, host_tflm_library,  # noqa: E402
+from host_cc import (DRIVERS, compile_program, host_tflm_library,  # noqa: E402
                      render_templates, run_program)
 
 from toolchain import routing  # noqa: E402
@@ -153,3 +153,117 @@ def test_multiply_by_quantized_multiplier_on_int32(requantize_exe):
     for (m, s, x), line in zip(cases, lines):
         want = multiply_by_quantized_multiplier(x, m, s)
         assert [int(w) for w in line.split()] == want.tolist(), f"multiplier {m} shift {s}"
+
+
+# =========================================================================== tflm_glue.cc (log formatter)
+# TFLM 90b983c2 has no vsnprintf of its own: MicroVsnprintf/MicroSnprintf (micro_log.cc) call the
+# platform's DebugVsnprintf, and every platform file in the tree (debug_log.cc, cortex_m_generic/)
+# implements that with the C library's vsnprintf, i.e. newlib's, which needs malloc and stdio —
+# what the firmware keeps out of its link. (TFLM's Makefile can download eyalroz/printf, but that
+# is a third-party download, not part of the tree.) So the firmware keeps its own FormatV and
+# this group holds it to the C/Python semantics for the conversions TFLM's messages use.
+@pytest.fixture(scope="module")
+def format_exe(tmp_path_factory):
+    from host_cc import tflm_tree
+
+    tree = tflm_tree()  # debug_log.h / micro_time.h, the declarations tflm_glue.cc implements
+    root = tmp_path_factory.mktemp("format")
+    src = render_templates(root / "src", ["src/tflm_glue.cc", "src/tflm_glue.h", "src/board/board.h"])
+    return compile_program([src / "tflm_glue.cc", DRIVERS / "format_driver.cc"], root / "format",
+                           include_dirs=[src], system_include_dirs=tree.include_dirs(),
+                           defines=["TF_LITE_STATIC_MEMORY"])
+
+
+_LENGTH = __import__("re").compile(r"(%[-+ #0]*\d*(?:\.\d+)?)(?:ll|l|z)")
+
+
+def python_format(fmt: str, args) -> str:
+    """What C's vsnprintf prints, via Python's % (the same conversions without length modifiers)."""
+    values = []
+    for kind, value in args:
+        if kind == "u":
+            value &= 0xFFFFFFFF  # C reads the bits of an unsigned
+        values.append(value)
+    return _LENGTH.sub(r"\1", fmt) % tuple(values)
+
+
+def _near_tie(value: float, precision: int) -> bool:
+    scaled = abs(value) * 10 ** precision
+    return abs(scaled - np.floor(scaled) - 0.5) < 1e-4
+
+
+def format_cases():
+    """(buffer size, format, [(type, value)]): TFLM's own formats and messages, then random ones."""
+    cases = [
+        (64, "%d", [("i", 0)]), (64, "%d", [("i", -1)]), (64, "%d", [("i", -2**31)]), (64, "%d", [("i", 2**31 - 1)]),
+        (64, "%u", [("u", 0)]), (64, "%u", [("u", 2**32 - 1)]), (64, "%u", [("u", -5)]),
+        (64, "%x", [("u", 0xdeadbeef)]), (64, "%X", [("u", 0xdeadbeef)]), (64, "%x", [("u", 0)]),
+        (64, "%08X", [("u", 0xbeef)]), (64, "%02X", [("u", 7)]), (64, "%02X", [("u", 0x1ff)]),
+        (64, "%#5x", [("u", 255)]), (64, "%#x", [("u", 1)]), (64, "%4d", [("i", 7)]), (64, "%4d", [("i", -7)]),
+        (64, "%2d", [("i", 12345)]), (64, "%05d", [("i", -42)]), (64, "%-6d|", [("i", -42)]),
+        (64, "%+d", [("i", 5)]), (64, "% d", [("i", 5)]), (64, "%+d", [("i", -5)]), (64, "%.3d", [("i", 7)]),
+        (64, "%5s|", [("s", "ab")]), (64, "%-5s|", [("s", "ab")]), (64, "%5s", [("s", "abcdefgh")]),
+        (64, "%.2s", [("s", "abcdef")]), (64, "%s", [("s", "")]), (64, "%c%c%c", [("c", "a"), ("c", "Z"), ("c", "0")]),
+        (64, "%3c|", [("c", "q")]), (64, "%-3c|", [("c", "q")]), (64, "100%%", []), (64, "plain text", []),
+        (64, "%f", [("d", 0.0)]), (64, "%f", [("d", -0.0)]), (64, "%f", [("d", 1.5)]), (64, "%f", [("d", -2.25)]),
+        (64, "%6.2f", [("d", 3.14159)]), (64, "%6.2f", [("d", -3.14159)]), (64, "%2.2f", [("d", 99.999)]),
+        (64, "%.0f", [("d", 2.4)]), (64, "%.0f", [("d", -0.4)]), (64, "%10.4f|", [("d", 0.0078125)]),
+        (64, "%-10.3f|", [("d", 12.0)]), (64, "%08.3f", [("d", -1.25)]), (64, "%f", [("d", 0.00392156862745098)]),
+        (64, "%f", [("d", 123456789.25)]), (64, "%.9f", [("d", 0.1)]),
+        (64, "%ld", [("l", -(2**40))]), (64, "%lld", [("L", -(2**63))]), (64, "%lld", [("L", 2**63 - 1)]),
+        (64, "%lu", [("l", 2**40)]), (64, "%llu", [("U", 2**64 - 1)]), (64, "%zu", [("z", 123456789012)]),
+        (64, "%llx", [("U", 2**64 - 1)]), (64, "%lx", [("l", 2**35 + 10)]),
+        # messages from the TFLM tree, verbatim
+        (160, "Failed to allocate tail memory. Requested: %u, available %u, missing: %u",
+         [("u", 4096), ("u", 1000), ("u", 3096)]),
+        (160, "Node %s (number %d) failed to invoke with status %d", [("s", "SUB"), ("i", 12), ("i", 1)]),
+        (160, "Type %s (%d) not supported.", [("s", "FLOAT64"), ("i", 11)]),
+        (160, "Didn't find op for builtin opcode '%s'", [("s", "TOPK_V2")]),
+        (160, "%s:%d %s", [("s", "tensorflow/lite/micro/kernels/sub.cc"), ("i", 87), ("s", "status == kTfLiteOk")]),
+        (160, "%4d | %6.2f%% |", [("i", 3), ("d", 41.5)]),
+        # truncation: the return value is the full length; the buffer holds size-1 characters
+        (1, "%d", [("i", 123)]), (4, "%d", [("i", -123456)]), (6, "abc%sdef", [("s", "XYZ")]),
+        (5, "%08X", [("u", 0xabc)]), (3, "%6.2f", [("d", 1.0)]), (0, "%s", [("s", "ignored")]),
+    ]
+    rng = np.random.default_rng(2026)
+    alphabet = [chr(c) for c in range(32, 127) if chr(c) != "%"]
+    for _ in range(400):
+        kind = rng.choice(["d", "u", "x", "X", "s", "f", "c", "ld", "lld", "llu", "zu"])
+        flag = rng.choice(["", "", "-", "0"]) if kind not in ("s", "c") else rng.choice(["", "-"])
+        width = str(int(rng.integers(1, 20))) if rng.random() < 0.5 else ""
+        if kind == "f":
+            precision = int(rng.integers(0, 8))
+            value = float(rng.uniform(-1e6, 1e6) if rng.random() < 0.5 else rng.normal(0, 3))
+            if _near_tie(value, precision):
+                continue  # FormatV rounds the double times 10^p, printf the exact binary value
+            cases.append((int(rng.integers(1, 40)), f"<%{flag}{width}.{precision}f>", [("d", value)]))
+            continue
+        if kind == "s":
+            text = "".join(rng.choice(alphabet, int(rng.integers(0, 12))))
+            cases.append((int(rng.integers(1, 40)), f"[%{flag}{width}s]", [("s", text)]))
+            continue
+        if kind == "c":
+            cases.append((40, f"[%{flag}{width}c]", [("c", str(rng.choice(alphabet)))]))
+            continue
+        spec = {"d": ("i", -2**31, 2**31), "u": ("u", 0, 2**32), "x": ("u", 0, 2**32), "X": ("u", 0, 2**32),
+                "ld": ("l", -2**63, 2**63), "lld": ("L", -2**63, 2**63), "llu": ("U", 0, 2**64),
+                "zu": ("z", 0, 2**64)}[kind]
+        magnitude = int(rng.integers(0, 64))
+        value = int(rng.integers(0, 2**63)) >> magnitude
+        if spec[1] < 0 and rng.random() < 0.5:
+            value = -value
+        value = max(spec[1], min(spec[2] - 1, value))
+        cases.append((int(rng.integers(1, 40)), f"v=%{flag}{width}{kind};", [(spec[0], value)]))
+    return cases
+
+
+def test_log_formatter_equals_printf_semantics(format_exe):
+    cases = format_cases()
+    stdin = "".join("\t".join([str(size), fmt] + [f"{t}:{v}" for t, v in args]) + "\n" for size, fmt, args in cases)
+    lines = run_program(format_exe, stdin).splitlines()
+    assert len(lines) == len(cases)
+    for (size, fmt, args), line in zip(cases, lines):
+        want = python_format(fmt, args)
+        returned, _, hexed = line.partition(" ")
+        got = bytes.fromhex(hexed).decode("latin-1")
+        assert (int(returned), got) == (len(want), want[:max(size - 1, 0)]), f"{fmt!r} {args} size {size}"
