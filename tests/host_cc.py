@@ -66,12 +66,15 @@ def compile_program(sources, exe: Path, *, include_dirs=(), system_include_dirs=
     return exe
 
 
-def run_program(exe: Path, stdin: str = "", args=(), timeout: float = 120) -> str:
-    """Run exe with `stdin`; returns its stdout (a non-zero exit fails the test)."""
-    done = subprocess.run([str(exe), *map(str, args)], input=stdin, capture_output=True, text=True,
+def run_program(exe: Path, stdin="", args=(), timeout: float = 120):
+    """Run exe with `stdin` (str or bytes); returns its stdout, of the same type (a non-zero exit
+    fails the test)."""
+    text = isinstance(stdin, str)
+    done = subprocess.run([str(exe), *map(str, args)], input=stdin, capture_output=True, text=text,
                           timeout=timeout)
     if done.returncode != 0:
-        pytest.fail(f"{exe.name} exited with {done.returncode}:\n{done.stderr[-4000:]}")
+        err = done.stderr if text else done.stderr.decode(errors="replace")
+        pytest.fail(f"{exe.name} exited with {done.returncode}:\n{err[-4000:]}")
     return done.stdout
 
 

@@ -267,3 +267,124 @@ def test_log_formatter_equals_printf_semantics(format_exe):
         returned, _, hexed = line.partition(" ")
         got = bytes.fromhex(hexed).decode("latin-1")
         assert (int(returned), got) == (len(want), want[:max(size - 1, 0)]), f"{fmt!r} {args} size {size}"
+
+
+# =========================================================================== sub_kernel.cc
+# routevit's SUB kernel runs inside TFLM's MicroInterpreter from a host g++ build of the tree
+# (toolchain.tflm.library with prefix "": the firmware library's own source list and flags).
+SUB_MODELS = [
+    # name, first shape, second shape, first range, second range, fused relu
+    ("same shape", (1, 4, 4, 8), (1, 4, 4, 8), 1.0, 3.0, False),
+    ("GroupNorm x - mean [N,P,d] - [N,P,1]", (1, 16, 4, 8), (1, 16, 4, 1), 5.0, 1.0, False),
+    ("per-channel [1,4,4,8] - [1,1,1,8]", (1, 4, 4, 8), (1, 1, 1, 8), 2.0, 2.0, False),
+    ("first broadcast [1,1,1,8] - [1,4,4,8]", (1, 1, 1, 8), (1, 4, 4, 8), 0.5, 4.0, False),
+    ("fused RELU", (1, 6, 6, 4), (1, 6, 6, 4), 3.0, 3.0, True),
+    ("tiny vs huge range", (1, 2, 2, 16), (1, 2, 1, 16), 80.0, 0.02, False),
+]
+
+
+def _sub_model(first_shape, second_shape, first_range, second_range, relu, seed):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec(first_shape, tf.float32), tf.TensorSpec(second_shape, tf.float32)])
+    def sub(a, b):
+        d = a - b
+        return tf.nn.relu(d) if relu else d
+
+    rng = np.random.default_rng(seed)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([sub.get_concrete_function()], sub)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # asymmetric calibration ranges give non-zero zero points
+    converter.representative_dataset = lambda: ([rng.uniform(-first_range, first_range * 0.7, first_shape).astype(np.float32),
+                                                 rng.uniform(-second_range * 0.6, second_range, second_shape).astype(np.float32)]
+                                                for _ in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _sub_wiring(model: bytes):
+    """[(shape, (scale, zp)) per graph input], SUB's (first, second) as graph input positions,
+    output (scale, zp), fused activation name."""
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_content=model)
+    ops = interp._get_ops_details()
+    assert [o["op_name"] for o in ops] == ["SUB"], ops
+    inputs = interp.get_input_details()
+    position = {d["index"]: i for i, d in enumerate(inputs)}
+    first, second = (position[t] for t in ops[0]["inputs"])
+    out = interp.get_output_details()[0]
+    out_q = tuple(out["quantization"])
+    # the fused RELU shows as a clamp at the zero point; TFLite builtin options are not exposed here
+    return [(tuple(d["shape"]), tuple(d["quantization"])) for d in inputs], (first, second), out_q
+
+
+@pytest.fixture(scope="module")
+def sub_setup(tmp_path_factory):
+    library = host_tflm_library(("SUB",))
+    root = tmp_path_factory.mktemp("sub")
+    src = render_templates(root / "src", ["src/sub_kernel.cc", "src/sub_kernel.h"])
+    exe = compile_program([src / "sub_kernel.cc", DRIVERS / "sub_driver.cc"], root / "sub",
+                          include_dirs=[src], system_include_dirs=library.include_dirs,
+                          defines=library.defines, libraries=[library.path])
+    models = []
+    rng = np.random.default_rng(404)
+    specs = list(SUB_MODELS)
+    for i in range(4):  # random ranges: more scale / zero-point combinations
+        specs.append((f"random ranges {i}", (1, 3, 5, 8), (1, 3, 5, 8) if i % 2 else (1, 1, 5, 8),
+                      float(rng.uniform(0.05, 20)), float(rng.uniform(0.05, 20)), False))
+    for seed, (name, s1, s2, r1, r2, relu) in enumerate(specs):
+        path = root / f"sub_{seed}.tflite"
+        path.write_bytes(_sub_model(s1, s2, r1, r2, relu, seed))
+        models.append((name, path, relu))
+    return exe, models
+
+
+def _sub_inputs(rng, shapes, count):
+    records = []
+    for r in range(count):
+        tensors = []
+        for shape, _ in shapes:
+            if r == 0:
+                tensors.append(np.full(shape, -128, np.int8))
+            elif r == 1:
+                tensors.append(np.full(shape, 127, np.int8))
+            else:
+                tensors.append(rng.integers(-128, 128, shape, dtype=np.int8))
+        if r == 2:  # the extremes against each other: saturation both ways
+            tensors = [np.full(shapes[0][0], 127, np.int8), np.full(shapes[1][0], -128, np.int8)]
+        records.append(tensors)
+    return records
+
+
+def test_sub_kernel_equals_numpy_twin_and_the_wheel(sub_setup):
+    from tflite_micro.python.tflite_micro import runtime
+
+    from toolchain.hostref.kernels import sub_quantized
+
+    exe, models = sub_setup
+    rng = np.random.default_rng(99)
+    checked = clamped = 0
+    for name, path, relu in models:
+        shapes, (first, second), out_q = _sub_wiring(path.read_bytes())
+        records = _sub_inputs(rng, shapes, 40)
+        stdin = b"".join(t.tobytes() for tensors in records for t in tensors)
+        device = np.frombuffer(run_program(exe, stdin, args=[path, "routevit"]), np.int8)
+        wheel = runtime.Interpreter.from_bytes(path.read_bytes())
+        out_shape = np.broadcast_shapes(shapes[first][0], shapes[second][0])
+        device = device.reshape(len(records), *out_shape)
+        for r, tensors in enumerate(records):
+            twin = sub_quantized(tensors[first], shapes[first][1], tensors[second], shapes[second][1], out_q,
+                                 "RELU" if relu else "NONE")
+            for i, t in enumerate(tensors):
+                wheel.set_input(t, i)
+            wheel.invoke()
+            host = wheel.get_output(0).reshape(out_shape)
+            assert np.array_equal(twin, host), f"{name} record {r}: numpy twin != tflite-micro wheel"
+            assert np.array_equal(device[r], twin), f"{name} record {r}: firmware SUB != numpy twin"
+            checked += twin.size
+            clamped += int(np.sum((twin == -128) | (twin == 127)))
+    assert checked > 30_000 and clamped > 100
+
