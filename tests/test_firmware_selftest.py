@@ -81,13 +81,14 @@ def test_every_uart_driver_compiles_for_every_core(tmp_path, family):
 
 @pytest.fixture(params=["mps2-an386", "mps2-an500"])
 def device(request, selftest_projects):
-    """(client, link) for the self-test firmware under QEMU; QEMU is always killed."""
+    """(session, link) for the self-test firmware under QEMU; QEMU is always killed."""
     from toolchain.emulate.qemu import open_qemu
+    from toolchain.emulate.session import Session
 
     board = get_board(request.param)
     link = open_qemu(selftest_projects[board.id] / "build" / "selftest.elf", board.qemu_machine)
     try:
-        yield P.Client(link.port, timeout=5.0), link
+        yield Session(link, timeout_s=5.0), link
     finally:
         link.close()
         assert link.emulator.poll() is not None  # the process is gone
@@ -100,8 +101,8 @@ def random_scores(rng, n, e):
 
 @needs_qemu
 def test_hello_describes_the_selftest_build(device):
-    client, link = device
-    hello = client.hello()
+    session, link = device
+    hello = session.hello()
     assert hello.version == P.PROTOCOL_VERSION
     assert hello.counter_kind == P.CounterKind.QEMU_INSTRUCTIONS
     assert hello.num_classes == 0 and hello.input_shape == (0, 0, 0, 0) and not hello.has_model
@@ -112,18 +113,18 @@ def test_hello_describes_the_selftest_build(device):
 
 @needs_qemu
 def test_ping_echoes_any_bytes(device):
-    client, _ = device
-    hello = client.hello()
-    assert client.ping(b"") == b""
+    session, _ = device
+    hello = session.hello()
+    assert session.ping(b"") == b""
     big = bytes(range(256)) * (hello.max_payload // 256) + bytes(hello.max_payload % 256)
     assert len(big) == hello.max_payload
-    assert client.ping(big) == big
+    assert session.ping(big) == big
 
 
 @needs_qemu
 def test_route_matches_the_numpy_reference(device):
-    client, _ = device
-    hello = client.hello()
+    session, _ = device
+    hello = session.hello()
     rng = np.random.default_rng(1234)
     checked = {1: 0, 2: 0}
     for layer, shape in enumerate(hello.routed_layers):
@@ -134,7 +135,7 @@ def test_route_matches_the_numpy_reference(device):
             if trial == 1:
                 scores = rng.integers(-128, 128, size=scores.shape).astype(np.int8)
                 scores[0, :] = -128  # extreme values
-            answer = client.route(layer, scores)
+            answer = session.route(layer, scores)
             dispatch, combine, counts = routing.route(scores, shape.capacity, shape.top_k)
             assert answer.dispatch.tolist() == dispatch.tolist(), (layer, trial)
             assert answer.combine.tolist() == combine.tolist(), (layer, trial)
@@ -143,62 +144,62 @@ def test_route_matches_the_numpy_reference(device):
     assert checked[1] >= 8 and checked[2] >= 8
     # over-capacity really happened: some patch was dropped
     scores = np.zeros((16, 4), np.int8)
-    dropped = client.route(0, scores).combine
+    dropped = session.route(0, scores).combine
     assert (dropped == 4 * 5).sum() == 16 - 5
 
 
 @needs_qemu
 def test_bad_requests_get_error_frames(device):
-    client, _ = device
-    hello = client.hello()
+    session, _ = device
+    hello = session.hello()
     with pytest.raises(P.DeviceError) as err:
-        client.request(P.MsgType.ROUTE, bytes([len(hello.routed_layers)]) + bytes(4))
-    assert err.value.code == P.ERR_BAD_LAYER
+        session.request(P.MsgType.ROUTE, bytes([len(hello.routed_layers)]) + bytes(4), "ROUTE")
+    assert err.value.code == P.ErrorCode.BAD_LAYER
     with pytest.raises(P.DeviceError) as err:
-        client.request(P.MsgType.ROUTE, bytes([0]) + bytes(3))
-    assert err.value.code == P.ERR_BAD_SIZE
+        session.request(P.MsgType.ROUTE, bytes([0]) + bytes(3), "ROUTE")
+    assert err.value.code == P.ErrorCode.BAD_SIZE
     with pytest.raises(P.DeviceError) as err:
-        client.request(0x7F, b"")
-    assert err.value.code == P.ERR_UNKNOWN_TYPE
+        session.request(0x7F, b"", "message 0x7f")
+    assert err.value.code == P.ErrorCode.UNKNOWN_TYPE
     with pytest.raises(P.DeviceError) as err:
-        client.request(P.MsgType.INFER, bytes(16))
-    assert err.value.code == P.ERR_NO_MODEL
-    assert client.ping(b"still alive") == b"still alive"
+        session.request(P.MsgType.INFER, bytes(16), "INFER")
+    assert err.value.code == P.ErrorCode.NO_MODEL
+    assert session.ping(b"still alive") == b"still alive"
 
 
 @needs_qemu
 def test_corrupted_frames_get_error_then_resync(device):
-    client, _ = device
-    hello = client.hello()
+    session, _ = device
+    hello = session.hello()
     # bad CRC, with a good frame right behind it in the same write
     bad = bytearray(P.encode_frame(P.MsgType.PING, 50, b"damaged"))
     bad[8] ^= 0x01
-    client.send_raw(bytes(bad) + P.encode_frame(P.MsgType.PING, 51, b"after crc"))
-    first, second = client.read_frame(), client.read_frame()
-    assert (first.type, first.seq, P.decode_error(first.payload)[0]) == (P.MsgType.ERROR, 50, P.ERR_BAD_CRC)
+    session.send_raw(bytes(bad) + P.encode_frame(P.MsgType.PING, 51, b"after crc"))
+    first, second = session.read_frame(), session.read_frame()
+    assert (first.type, first.seq, P.decode_error(first.payload)[0]) == (P.MsgType.ERROR, 50, P.ErrorCode.BAD_CRC)
     assert (second.type, second.seq, second.payload) == (P.MsgType.PONG, 51, b"after crc")
     # length above kMaxPayload
     too_long = b"\xA5\x5A\x03\x52" + (hello.max_payload + 1).to_bytes(2, "little")
-    client.send_raw(too_long + P.encode_frame(P.MsgType.PING, 53, b"after length"))
-    first, second = client.read_frame(), client.read_frame()
-    assert (first.type, first.seq, P.decode_error(first.payload)[0]) == (P.MsgType.ERROR, 0x52, P.ERR_BAD_LENGTH)
+    session.send_raw(too_long + P.encode_frame(P.MsgType.PING, 53, b"after length"))
+    first, second = session.read_frame(), session.read_frame()
+    assert (first.type, first.seq, P.decode_error(first.payload)[0]) == (P.MsgType.ERROR, 0x52, P.ErrorCode.BAD_LENGTH)
     assert (second.type, second.seq, second.payload) == (P.MsgType.PONG, 53, b"after length")
     # garbage bytes, including lone sync bytes, are skipped silently
     garbage = bytes(np.random.default_rng(5).integers(0, 256, 300, dtype=np.uint8)).replace(b"\x5A", b"\x00")
-    client.send_raw(garbage + b"\xA5\xA5\x00" + P.encode_frame(P.MsgType.PING, 54, b"after garbage"))
-    frame = client.read_frame()
+    session.send_raw(garbage + b"\xA5\xA5\x00" + P.encode_frame(P.MsgType.PING, 54, b"after garbage"))
+    frame = session.read_frame()
     assert (frame.type, frame.seq, frame.payload) == (P.MsgType.PONG, 54, b"after garbage")
     # and the normal request/answer flow continues
-    assert client.ping(b"ok") == b"ok"
+    assert session.ping(b"ok") == b"ok"
 
 
 @needs_qemu
 def test_stop_ends_qemu_with_the_exit_code(device):
-    client, link = device
+    session, link = device
     import serial
 
-    client.stop(7)
-    tail = bytes(client.parser.text + client.parser.buffer)
+    assert session.stop(7) is True
+    tail = bytes(session.decoder.text + session.decoder.buffer)
     deadline = time.monotonic() + 10
     try:
         while b"ROUTEVIT-STOP 7\n" not in tail and time.monotonic() < deadline:
@@ -215,17 +216,18 @@ def test_other_qemu_boards_answer(board_id, selftest_projects):
     """AN547 (Cortex-M55, UART at 0x49303000) and netduinoplus2 (STM32F4 USART layout, no RCC
     model, DWT reads 0 so the counter falls back to SysTick)."""
     from toolchain.emulate.qemu import open_qemu
+    from toolchain.emulate.session import Session
 
     board = get_board(board_id)
     link = open_qemu(selftest_projects[board_id] / "build" / "selftest.elf", board.qemu_machine)
     try:
-        client = P.Client(link.port, timeout=5.0)
-        hello = client.hello()
+        session = Session(link, timeout_s=5.0)
+        hello = session.hello()
         assert hello.board == board_id and hello.counter_kind == P.CounterKind.QEMU_INSTRUCTIONS
-        assert client.ping(b"\x00\xA5\x5A\xFF") == b"\x00\xA5\x5A\xFF"
+        assert session.ping(b"\x00\xA5\x5A\xFF") == b"\x00\xA5\x5A\xFF"
         shape = hello.routed_layers[1]
         scores = random_scores(np.random.default_rng(7), shape.num_patches, shape.num_experts)
-        answer = client.route(1, scores)
+        answer = session.route(1, scores)
         dispatch, combine, counts = routing.route(scores, shape.capacity, shape.top_k)
         assert (answer.dispatch.tolist(), answer.combine.tolist(), answer.counts.tolist()) == (
             dispatch.tolist(), combine.tolist(), counts.tolist())

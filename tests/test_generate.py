@@ -226,9 +226,9 @@ def test_firmware_on_qemu_equals_the_tflm_wheel(tiny_exp, tmp_path):
     """The model firmware, built against a cached TFLM library, gives the wheel's logits bit for bit."""
     from tflite_micro.python.tflite_micro import runtime
 
-    from toolchain import protocol as P
     from toolchain.boards import get_board
     from toolchain.emulate.qemu import open_qemu
+    from toolchain.emulate.session import Session
     from toolchain.errors import RoutevitError
     from toolchain.tflm import find_tree
     from toolchain.tflm.library import LibrarySpec, build_library
@@ -249,7 +249,7 @@ def test_firmware_on_qemu_equals_the_tflm_wheel(tiny_exp, tmp_path):
     reference = runtime.Interpreter.from_bytes((tiny_exp / "segment_0.tflite").read_bytes())
     link = open_qemu(out / "build/firmware.elf", get_board("mps2-an386").qemu_machine)
     try:
-        client = P.Client(link.port, timeout=20)
+        client = Session(link, timeout_s=20)
         hello = client.hello()
         assert hello.num_classes == 10 and hello.input_shape == (1, 12, 12, 1)
         assert 0 < hello.arena_bytes <= project["arena_bytes"]
@@ -294,9 +294,9 @@ def test_routed_plan_generates_static_routing_buffers(routed_exp, tmp_path):
 @pytest.mark.qemu
 def test_routed_firmware_on_qemu_equals_the_host_reference(routed_exp, tmp_path):
     """Two segments, integer routing and a requantized boundary on QEMU == wheel + numpy, bit for bit."""
-    from toolchain import protocol as P
     from toolchain.boards import get_board
     from toolchain.emulate.qemu import open_qemu
+    from toolchain.emulate.session import Session
     from toolchain.errors import RoutevitError
     from toolchain.tflm import find_tree
     from toolchain.tflm.library import LibrarySpec, build_library
@@ -314,7 +314,7 @@ def test_routed_firmware_on_qemu_equals_the_host_reference(routed_exp, tmp_path)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     link = open_qemu(out / "build/firmware.elf", get_board("mps2-an500").qemu_machine)
     try:
-        client = P.Client(link.port, timeout=20)
+        client = Session(link, timeout_s=20)
         hello = client.hello()
         assert [(r.num_patches, r.num_experts, r.capacity, r.top_k) for r in hello.routed_layers] == [(16, 4, 5, 1)]
         rng = np.random.default_rng(11)
@@ -323,7 +323,7 @@ def test_routed_firmware_on_qemu_equals_the_host_reference(routed_exp, tmp_path)
             result = client.infer(x)
             logits, counts = export_fixture.host_reference(routed_exp, x)
             assert result.logits.tolist() == logits.tolist()
-            assert [c.tolist() for c in result.expert_counts] == [c.tolist() for c in counts]
+            assert result.expert_counts == [c.tolist() for c in counts]
     finally:
         link.close()
 

@@ -1,7 +1,9 @@
 """Host side of the routevit UART evaluation protocol (docs/protocol.md).
 
-Framing, CRC, message encoding/decoding and a small client over any pyserial-like object
-(`read(n)`, `write(bytes)`, `timeout` attribute), e.g. `serial.serial_for_url("socket://...")`.
+Pure functions only: framing, CRC, the resynchronising frame parser, message encoding and
+decoding, and the table of constants the firmware's `protocol_constants.h` is generated from
+(`c_constants()`), so host and device cannot drift apart. The one client that talks to a device
+is `toolchain.emulate.session.Session`; an ERROR frame from the device becomes a `DeviceError`.
 
 Example:
     >>> frame = encode_frame(MsgType.PING, 7, b"hi")
@@ -12,15 +14,13 @@ Example:
 from __future__ import annotations
 
 import enum
-import logging
 import struct
-import time
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-log = logging.getLogger("routevit")
+from toolchain.errors import RoutevitError
 
 PROTOCOL_VERSION = 1
 SYNC = b"\xA5\x5A"
@@ -61,12 +61,42 @@ class CounterKind(enum.IntEnum):
     RENODE_INSTRUCTIONS = 2
 
 
-# Flat names for callers that prefer constants (toolchain/emulate uses these).
-MSG_HELLO_REQ, MSG_INFER, MSG_PING, MSG_ROUTE, MSG_STOP = 0x01, 0x02, 0x03, 0x04, 0x05
-MSG_HELLO, MSG_RESULT, MSG_PONG, MSG_ROUTED, MSG_STOPPED = 0x81, 0x82, 0x83, 0x84, 0x85
-MSG_ERROR = 0xE0
-ERR_BAD_CRC, ERR_BAD_LENGTH, ERR_BAD_SIZE, ERR_UNKNOWN_TYPE = 1, 2, 3, 4
-ERR_INVOKE_FAILED, ERR_NO_MODEL, ERR_BAD_LAYER = 5, 6, 7
+# ------------------------------------------------------------------ the firmware's copy
+
+# C++ enum name, enumerator prefix and C macro prefix of each enum in protocol_constants.h.
+_C_ENUMS = ((MsgType, "MessageType", "k", "ROUTEVIT_MSG_"),
+            (ErrorCode, "ErrorCode", "kError", "ROUTEVIT_ERROR_"),
+            (CounterKind, "CounterKind", "kCounter", "ROUTEVIT_COUNTER_"))
+# Enumerators whose C++ name is not the CamelCase of the Python name.
+_C_ENUMERATOR_NAMES = {(MsgType, "HELLO_REQ"): "kHelloRequest"}
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def c_constants() -> dict:
+    """The table `firmware_templates/project/src/protocol_constants.h.j2` renders: every constant
+    the firmware shares with this module (version, framing, stop sentinel, enums), so the C side is
+    generated from these definitions instead of copied by hand.
+
+    >>> c_constants()["enums"][0]["members"][0]
+    {'name': 'kHelloRequest', 'macro': 'ROUTEVIT_MSG_HELLO_REQ', 'value': 1, 'hex': '0x01'}
+    """
+    enums = []
+    for enum_cls, c_name, prefix, macro_prefix in _C_ENUMS:
+        members = [{"name": _C_ENUMERATOR_NAMES.get((enum_cls, m.name), prefix + _camel(m.name)), "macro": macro_prefix + m.name,
+                    "value": int(m), "hex": f"0x{int(m):02X}"} for m in enum_cls]
+        enums.append({"name": c_name, "python": enum_cls.__name__, "members": members})
+    return {
+        "source": "toolchain/protocol.py",
+        "version": PROTOCOL_VERSION,
+        "sync": [f"0x{b:02X}" for b in SYNC],
+        "header_bytes": HEADER_BYTES,
+        "crc_bytes": CRC_BYTES,
+        "stop_sentinel": STOP_SENTINEL.decode("ascii"),
+        "enums": enums,
+    }
 
 
 def error_name(code: int) -> str:
@@ -77,17 +107,57 @@ def error_name(code: int) -> str:
 
 
 class ProtocolError(Exception):
-    """The device did not answer as the protocol requires (timeout, wrong type, bad payload)."""
+    """A payload does not have the layout the protocol requires (raised by the decoders; the
+    session turns it into a `DeviceError` naming the request)."""
 
 
-class DeviceError(ProtocolError):
-    """The device answered with an ERROR frame."""
+# What a user can do about each ERROR code the device sends.
+_ERROR_HINTS = {
+    ErrorCode.BAD_CRC: "the line keeps damaging the request; check the baud rate, the cable or the emulator's UART",
+    ErrorCode.BAD_LENGTH: "the line keeps damaging the request; check the baud rate, the cable or the emulator's UART",
+    ErrorCode.BAD_SIZE: "the request does not have the size this firmware expects; regenerate and rebuild the "
+                        "project so firmware, plan and routevit agree",
+    ErrorCode.UNKNOWN_TYPE: "the firmware does not know this request; regenerate and rebuild the project with "
+                            "this routevit",
+    ErrorCode.INVOKE_FAILED: "the model failed on the device; check the arena and memory in memory_report.md, "
+                             "regenerate and rebuild",
+    ErrorCode.NO_MODEL: "this is the self-test build; build the model firmware with `routevit build PROJ`",
+    ErrorCode.BAD_LAYER: "the firmware has no such routed layer or cannot route its shape; regenerate and "
+                         "rebuild the project",
+}
 
-    def __init__(self, code: int, message: str, seq: int):
+
+class DeviceError(RoutevitError):
+    """The device did not answer as the protocol says: an ERROR frame (then `code`, `code_name`,
+    `device_message` and `seq` tell which), no answer, a crash or a malformed answer.
+    The message is one line: what was asked, what went wrong, what to do."""
+
+    def __init__(self, message: str, *, code: int | None = None, device_message: str | None = None,
+                 seq: int | None = None, what: str | None = None):
+        super().__init__(message)
         self.code = code
-        self.message = message
+        self.device_message = device_message
         self.seq = seq
-        super().__init__(f"device error {error_name(code)}: {message}")
+        self.what = what
+
+    @property
+    def code_name(self) -> str | None:
+        return None if self.code is None else error_name(self.code)
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    text = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def device_error(target: str, what: str, payload: bytes, seq: int | None = None) -> DeviceError:
+    """The DeviceError for an ERROR frame with `payload` that answered the request `what`."""
+    code, message = decode_error(payload)
+    name = error_name(code)
+    hint = _ERROR_HINTS.get(code, "regenerate and rebuild the project with this routevit")
+    text = (f"{target}: {what}: the device answered ERROR {name} (code {code}): "
+            f"\"{_printable(message)}\"; {hint}")
+    return DeviceError(text, code=code, device_message=message, seq=seq, what=what)
 
 
 @dataclass(frozen=True)
@@ -314,98 +384,3 @@ def decode_error(payload: bytes) -> tuple[int, str]:
     """ERROR payload -> (code, message)."""
     code = payload[0] if payload else 0
     return code, bytes(payload[1:]).decode("ascii", "replace")
-
-
-# ---------------------------------------------------------------------------- client
-
-class Client:
-    """Request/answer client. Each request gets exactly one answer frame with its seq;
-    stale answers (other seq numbers, e.g. after a timeout) are skipped."""
-
-    def __init__(self, port, timeout: float = 10.0):
-        self.port = port
-        self.timeout = timeout
-        self.parser = FrameParser()
-        self.seq = 0
-        self.hello_info: Hello | None = None
-        self._pending: list[Frame] = []  # frames parsed but not yet consumed
-
-    def _next_seq(self) -> int:
-        self.seq = (self.seq + 1) & 0xFF
-        return self.seq
-
-    def send_raw(self, data: bytes) -> None:
-        self.port.write(data)
-        flush = getattr(self.port, "flush", None)
-        if flush:
-            flush()
-
-    def read_frame(self, timeout: float | None = None) -> Frame:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        pending = self._pending
-        while not pending:
-            if time.monotonic() > deadline:
-                raise ProtocolError(f"no answer from the device within {timeout or self.timeout:g} s")
-            data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
-            if data:
-                pending.extend(self.parser.feed(data))
-        return pending.pop(0)
-
-    def request(self, msg_type: int, payload: bytes = b"", expect: int | None = None,
-                timeout: float | None = None) -> Frame:
-        seq = self._next_seq()
-        self.send_raw(encode_frame(msg_type, seq, payload))
-        return self.wait_answer(seq, expect, timeout)
-
-    def wait_answer(self, seq: int, expect: int | None, timeout: float | None = None) -> Frame:
-        while True:
-            frame = self.read_frame(timeout)
-            if frame.seq != seq:
-                log.debug("skipping stale frame type 0x%02x seq %d", frame.type, frame.seq)
-                continue
-            if frame.type == MsgType.ERROR:
-                code, message = decode_error(frame.payload)
-                raise DeviceError(code, message, frame.seq)
-            if expect is not None and frame.type != expect:
-                raise ProtocolError(f"expected message 0x{expect:02x}, got 0x{frame.type:02x}")
-            return frame
-
-    def hello(self, attempts: int = 5) -> Hello:
-        """HELLO, resent a few times within the client's timeout: a device that is still booting
-        drops bytes that arrive before its UART receiver is on (QEMU's STM32 USART does, and so
-        does a board just out of reset). Answers to earlier tries carry older sequence numbers
-        and are skipped."""
-        per_try = max(self.timeout / attempts, 0.5)
-        for attempt in range(attempts):
-            try:
-                frame = self.request(MsgType.HELLO_REQ, b"", MsgType.HELLO, timeout=per_try)
-                break
-            except DeviceError:
-                raise
-            except ProtocolError:
-                if attempt == attempts - 1:
-                    raise ProtocolError(f"no answer to HELLO within {per_try * attempts:g} s "
-                                        f"({attempts} tries)") from None
-        self.hello_info = decode_hello(frame.payload)
-        return self.hello_info
-
-    def ping(self, data: bytes) -> bytes:
-        return self.request(MsgType.PING, data, MsgType.PONG).payload
-
-    def route(self, layer: int, scores: np.ndarray) -> Routed:
-        info = self.hello_info or self.hello()
-        if not 0 <= layer < len(info.routed_layers):
-            raise ProtocolError(f"device has {len(info.routed_layers)} routed layers, asked for {layer}")
-        frame = self.request(MsgType.ROUTE, encode_route(layer, scores), MsgType.ROUTED)
-        return decode_routed(frame.payload, info.routed_layers[layer])
-
-    def infer(self, input_int8: np.ndarray, timeout: float | None = None) -> Result:
-        info = self.hello_info or self.hello()
-        data = np.asarray(input_int8, np.int8).tobytes()
-        if len(data) != info.input_bytes:
-            raise ProtocolError(f"input has {len(data)} bytes, the device expects {info.input_bytes}")
-        frame = self.request(MsgType.INFER, data, MsgType.RESULT, timeout)
-        return decode_result(frame.payload, info.routed_layers)
-
-    def stop(self, exit_code: int = 0) -> None:
-        self.request(MsgType.STOP, bytes([exit_code & 0xFF]), MsgType.STOPPED)

@@ -3,9 +3,10 @@
 The session sends one request at a time and waits for the frame that answers it (same
 sequence number). It never trusts the line: bytes that are not frames are skipped and kept in a
 ring buffer so that an error can show the last bytes the device sent; a request the device
-reports as corrupted (ERROR bad_crc / bad_length with our sequence number) is sent again; no
-answer within the timeout, or the emulator exiting, is a `DeviceError` naming what was asked,
-why it failed and the last UART bytes.
+reports as corrupted (ERROR bad_crc / bad_length with our sequence number) is sent again; any
+other ERROR frame is a `DeviceError` naming what was asked, the error code and the device's
+message; no answer within the timeout, or the emulator exiting, is a `DeviceError` naming what
+was asked, why it failed and the last UART bytes. This is routevit's only protocol client.
 """
 from __future__ import annotations
 
@@ -20,15 +21,15 @@ import serial
 from toolchain import protocol
 from toolchain.emulate.link import Link
 from toolchain.errors import RoutevitError
+from toolchain.protocol import DeviceError
+
+__all__ = ["DeviceError", "InferResult", "Session", "format_tail"]
 
 log = logging.getLogger("routevit")
 
-_RESENDABLE_ERRORS = {1, 2}  # bad_crc, bad_length: the request was damaged on the line
+# bad_crc, bad_length with our seq: the request was damaged on the line (docs/protocol.md)
+_RESENDABLE_ERRORS = {protocol.ErrorCode.BAD_CRC, protocol.ErrorCode.BAD_LENGTH}
 _MAX_RESENDS = 3
-
-
-class DeviceError(RoutevitError):
-    """The device did not answer as the protocol says (hung, crashed, garbage, ERROR frame)."""
 
 
 def format_tail(data: bytes, limit: int = 96) -> str:
@@ -167,15 +168,16 @@ class Session:
                              self.link.target, event.type, event.seq, seq)
                     continue
                 if event.type == protocol.MsgType.ERROR:
-                    error = protocol.decode_error(event)
-                    if error.code in _RESENDABLE_ERRORS and resends < _MAX_RESENDS:
+                    code = event.payload[0] if event.payload else 0
+                    if code in _RESENDABLE_ERRORS and resends < _MAX_RESENDS:
                         resends += 1
                         self.resends += 1
-                        log.info("%s: %s for %s; sending it again", self.link.target, error, what)
+                        log.info("%s: the device got %s damaged (ERROR %s); sending it again", self.link.target,
+                                 what, protocol.error_name(code))
                         self._write(frame, what)
                         deadline = time.monotonic() + timeout_s
                         continue
-                    raise self._fail(what, f"the device answered with an ERROR frame ({error})")
+                    raise protocol.device_error(self.link.target, what, event.payload, seq)
                 return event
             if self._rescan_stalled_frame():
                 continue  # line noise had opened a bogus frame on our side: its bytes were rescanned
@@ -190,6 +192,21 @@ class Session:
             deadline = time.monotonic() + timeout_s
         waited = f"{timeout_s:g} s" + (" (twice, with a resync in between)" if flushed else "")
         raise self._fail(what, f"no answer within {waited}")
+
+    def send_raw(self, data: bytes, what: str = "raw bytes") -> None:
+        """Write bytes as they are (tests and diagnostics: damaged frames, noise)."""
+        self._write(bytes(data), what)
+
+    def read_frame(self, timeout_s: float | None = None, what: str = "waiting for a frame") -> "protocol.Frame":
+        """The next frame the device sends, whatever its type or sequence number (ERROR frames
+        included); DeviceError if none arrives within the timeout."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        for event in self._events(what, time.monotonic() + timeout_s):
+            if isinstance(event, protocol.Frame):
+                return event
+        if self._rescan_stalled_frame():
+            return self.read_frame(timeout_s, what)
+        raise self._fail(what, f"no frame within {timeout_s:g} s")
 
     def _rescan_stalled_frame(self) -> bool:
         """If our parser holds a partial frame (noise that looked like a header), drop its first

@@ -11,12 +11,13 @@ import jinja2
 
 import toolchain
 from firmware_templates import TEMPLATES_DIR
+from toolchain import protocol
 from toolchain.boards import Board
 
 log = logging.getLogger("routevit")
 
 PROJECT_TEMPLATES = TEMPLATES_DIR / "project"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = protocol.PROTOCOL_VERSION
 
 # Fixed routing shapes the self-test build accepts besides the plan's own layers:
 # ties and over-capacity with top-1 and top-2, a single-slot capacity, a full capacity.
@@ -127,6 +128,7 @@ def render_project(dest: Path, board: Board, context: dict, with_model: bool) ->
     ctx = dict(context)
     ctx["board"] = _board_view(board)
     ctx["protocol_version"] = PROTOCOL_VERSION
+    ctx["protocol"] = protocol.c_constants()  # src/protocol_constants.h: generated, not copied
     written = []
     for target, template in template_files(with_model, board, ctx.get("ops", [])).items():
         text = env.get_template(template).render(**ctx)
