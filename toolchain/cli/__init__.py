@@ -29,7 +29,24 @@ COMMANDS = {
 TENSORFLOW_FREE = {"boards", "setup-tflm", "build"}
 
 
+class CliError(click.ClickException):
+    """A RoutevitError as click shows it: `Error: <one line>` on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
 class LazyGroup(click.Group):
+    def invoke(self, ctx):
+        from toolchain.errors import RoutevitError
+
+        try:
+            return super().invoke(ctx)
+        except RoutevitError as exc:
+            raise CliError(exc.format_message()) from None
+
     def list_commands(self, ctx):
         return sorted(name for name, mod in COMMANDS.items() if _module_exists(mod))
 
