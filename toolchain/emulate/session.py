@@ -249,6 +249,9 @@ class Session:
     def route(self, layer: int, scores: np.ndarray, timeout_s: float | None = None):
         """Ask the device's routing code for dispatch/combine/counts of int8 scores [N, E]."""
         info = self._require_hello()
+        if not 0 <= layer < len(info.routed_layers):
+            raise RoutevitError(f"{self.link.target}: ROUTE layer {layer}: the firmware has {len(info.routed_layers)} "
+                                f"routed layers (0..{len(info.routed_layers) - 1}); ask for one of those")
         shape = info.routed_layers[layer]
         payload = bytes([layer]) + np.asarray(scores, dtype=np.int8).tobytes()
         frame = self.request(protocol.MsgType.ROUTE, payload, f"ROUTE layer {layer}", timeout_s)
