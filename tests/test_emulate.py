@@ -135,6 +135,101 @@ def test_wrong_image_size_is_refused_before_sending():
         check_image_sizes(np.zeros((2, 32, 32, 1), np.int8), hello)
 
 
+# -- ERROR frames from the real firmware through the Session -------------------------------------
+
+class DamagingPort:
+    """The session's port, damaging the next `times` request frames it writes (as a noisy line
+    towards the device would): `damage(bytearray)` alters one frame in place."""
+
+    def __init__(self, port, damage, times: int):
+        self._port, self._damage, self.left = port, damage, times
+
+    def write(self, data):
+        if self.left and bytes(data[:2]) == protocol.SYNC:
+            self.left -= 1
+            data = bytearray(data)
+            self._damage(data)
+        return self._port.write(bytes(data))
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
+
+
+def flip_a_payload_bit(frame: bytearray) -> None:
+    frame[protocol.HEADER_BYTES] ^= 0x01  # the device sees a CRC mismatch
+
+
+def claim_65535_bytes(frame: bytearray) -> None:
+    frame[4:6] = b"\xff\xff"  # above the firmware's kMaxPayload
+
+
+def damaged_session(qemu_link, damage, times: int):
+    from toolchain.emulate.link import Link
+    from toolchain.emulate.session import Session
+
+    session = Session(qemu_link, timeout_s=5)
+    session.hello()
+    port = DamagingPort(qemu_link.port, damage, times)
+    session.link = Link(port=port, backend=qemu_link.backend, target=qemu_link.target, emulator=qemu_link.emulator)
+    session.port = port
+    return session
+
+
+@pytest.mark.parametrize("damage, code", [(flip_a_payload_bit, "bad_crc"), (claim_65535_bytes, "bad_length")])
+def test_a_request_the_firmware_got_damaged_is_resent(qemu_link, damage, code, caplog):
+    session = damaged_session(qemu_link, damage, times=2)
+    with caplog.at_level("INFO", logger="routevit"):
+        assert session.ping(b"abc") == b"abc"
+    assert session.resends == 2 and session.resyncs == 0
+    assert f"(ERROR {code}); sending it again" in caplog.text
+    assert session.ping(b"undamaged") == b"undamaged" and session.resends == 2
+
+
+@pytest.mark.parametrize("damage, code", [(flip_a_payload_bit, "bad_crc"), (claim_65535_bytes, "bad_length")])
+def test_a_line_that_damages_every_request_is_a_device_error(qemu_link, damage, code):
+    from toolchain.emulate.session import DeviceError
+
+    session = damaged_session(qemu_link, damage, times=10)
+    with pytest.raises(DeviceError) as info:
+        session.ping(b"abc")
+    assert info.value.code_name == code and session.resends == 3
+    message = info.value.format_message()
+    assert message.startswith(f"qemu mps2-an386: PING: the device answered ERROR {code} (code ") and "\n" not in message
+    assert "resynchronising" in message and "check the baud rate" in message
+
+
+def test_error_frames_from_the_firmware_are_one_line_device_errors(qemu_link):
+    from toolchain.emulate.session import DeviceError, Session
+
+    session = Session(qemu_link, timeout_s=5)
+    hello = session.hello()
+    cases = [  # (request, code name, the firmware's message)
+        (lambda: session.route(0, np.zeros((3, 3), np.int8)), "ROUTE layer 0", "bad_size",
+         "route: payload must be 1 + N*E bytes"),
+        (lambda: session.request(protocol.MsgType.INFER, bytes(16), "INFER"), "INFER", "no_model",
+         "infer: this build has no model (self-test)"),
+        (lambda: session.request(0x7F, b"", "message 0x7f"), "message 0x7f", "unknown_type", "unknown message type"),
+        (lambda: session.request(protocol.MsgType.ROUTE, bytes([len(hello.routed_layers)]) + bytes(4), "ROUTE"),
+         "ROUTE", "bad_layer", "route: no such routed layer"),
+        (lambda: session.request(protocol.MsgType.HELLO_REQ, b"x", "HELLO"), "HELLO", "bad_size",
+         "hello: payload must be empty"),
+    ]
+    for ask, what, name, device_message in cases:
+        with pytest.raises(DeviceError) as info:
+            ask()
+        error = info.value
+        assert (error.code_name, error.what, error.device_message) == (name, what, device_message)
+        assert isinstance(error, RoutevitError)
+        message = error.format_message()
+        assert message.startswith(f'qemu mps2-an386: {what}: the device answered ERROR {name} (code {error.code}): '
+                                  f'"{device_message}"; '), message
+        assert "\n" not in message
+    assert session.resends == 0 and session.resyncs == 0
+    assert session.ping(b"still fine") == b"still fine"
+    with pytest.raises(RoutevitError, match=r"ROUTE layer 99: the firmware has 6 routed layers"):
+        session.route(99, np.zeros((16, 4), np.int8))
+
+
 # -- the emulator is always reaped ---------------------------------------------------------------
 
 def test_killing_qemu_mid_run_is_a_clear_error(qemu_link):
