@@ -133,3 +133,66 @@ def test_plan_that_does_not_match_its_segments_is_refused(int8_artifacts, tmp_pa
     assert result.returncode == 2
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "does not match the plan" in lines[0], lines
+
+
+# ---------------------------------------------------------------- toolchain.plan: the one reader
+def test_read_plan_is_typed_and_writes_back_byte_identical(int8_artifacts, tmp_path):
+    from toolchain.plan import read_plan, write_plan
+
+    for exp in (int8_artifacts["exp"], int8_artifacts["exp"] / "baselines" / "ptq", int8_artifacts["exp_dense"]):
+        text = (exp / "plan.json").read_text()
+        plan = read_plan(exp)
+        assert plan.to_json() == text and plan.raw == json.loads(text)
+        raw = json.loads(text)
+        assert plan.input.shape == raw["model"]["input"]["shape"] and plan.num_classes == raw["model"]["num_classes"]
+        assert plan.logits_entry.scale == raw["segments"][raw["logits"]["segment"]]["outputs"][raw["logits"]["output"]]["scale"]
+        for seg, entry in zip(plan.segments, raw["segments"]):
+            assert seg.data == (exp / entry["file"]).read_bytes() and seg.ops == entry["ops"]
+            assert [i.source.kind for i in seg.inputs] == [i["source"]["kind"] for i in entry["inputs"]]
+        for layer, entry in zip(plan.routed_layers, raw["routed_layers"]):
+            assert (layer.capacity, layer.num_experts, layer.router.segment) == \
+                (entry["capacity"], entry["num_experts"], entry["router"]["segment"])
+    # the writer: same plan, same bytes (it validates against the segment files already there)
+    copy = tmp_path / "copy"
+    shutil.copytree(int8_artifacts["exp"], copy)
+    (copy / "plan.json").unlink()
+    write_plan(copy, read_plan(int8_artifacts["exp"]))
+    assert (copy / "plan.json").read_text() == (int8_artifacts["exp"] / "plan.json").read_text()
+
+
+def _tamper(int8_artifacts, tmp_path, change):
+    exp = tmp_path / "exp"
+    shutil.copytree(int8_artifacts["exp"], exp, ignore=shutil.ignore_patterns("baselines", "reference"))
+    plan = json.loads((exp / "plan.json").read_text())
+    change(plan)
+    (exp / "plan.json").write_text(json.dumps(plan, indent=2))
+    return exp
+
+
+def _capacity_off_by_one(plan):
+    plan["routed_layers"][0]["capacity"] -= 1
+
+
+@pytest.mark.parametrize("case, change, names, says", [
+    ("tampered sha256", lambda p: p["segments"][0].update(sha256="0" * 64), "segment_0.tflite",
+     "does not match the plan"),
+    ("missing key", lambda p: p["routed_layers"][0].pop("num_experts"), "plan.json",
+     "routed layer 0: missing 'num_experts'"),
+    ("wrong format", lambda p: p.update(format="routevit-plan/0"), "plan.json",
+     "format is 'routevit-plan/0', expected 'routevit-plan/1'"),
+    ("capacity vs dispatch", _capacity_off_by_one, "plan.json", "(dispatch): dispatch tensor is int32["),
+])
+def test_read_plan_refuses_a_bad_plan_in_one_line(int8_artifacts, tmp_path, case, change, names, says):
+    from toolchain.errors import RoutevitError
+    from toolchain.plan import read_plan
+
+    exp = _tamper(int8_artifacts, tmp_path, change)
+    with pytest.raises(RoutevitError) as info:
+        read_plan(exp)
+    message = info.value.format_message()
+    assert len(message.splitlines()) == 1, message
+    assert str(exp / names) in message and says in message, message
+    assert "export again" in message, message
+    if case == "capacity vs dispatch":
+        layer = json.loads((exp / "plan.json").read_text())["routed_layers"][0]
+        assert f"num_experts*capacity = {layer['num_experts']}*{layer['capacity']}" in message, message

@@ -21,15 +21,15 @@ def test_routing_between_segments_is_toolchain_routing_on_int8_scores(reference)
     from toolchain.routing import route
 
     ref, images = reference
-    layer = ref.plan["routed_layers"][0]
+    layer = ref.plan.routed_layers[0]
     for image in images:
         result = ref.run(image)
         routing = result.routing[0]
-        scores = result.outputs[layer["router"]["segment"]][layer["router"]["output"]]
-        d, c, n = route(scores.reshape(layer["num_patches"], layer["num_experts"]), layer["capacity"], 1)
+        scores = result.outputs[layer.router.segment][layer.router.output]
+        d, c, n = route(scores.reshape(layer.num_patches, layer.num_experts), layer.capacity, 1)
         np.testing.assert_array_equal(routing.dispatch, d)
         np.testing.assert_array_equal(routing.combine, c)
-        assert routing.counts.sum() == (c < layer["num_experts"] * layer["capacity"]).sum()
+        assert routing.counts.sum() == (c < layer.num_experts * layer.capacity).sum()
         assert result.logits.dtype == np.int8 and result.logits.shape == (3,)
         # deterministic: the same image gives the same bytes
         np.testing.assert_array_equal(ref.run(image).logits, result.logits)
@@ -39,8 +39,8 @@ def test_routing_index_out_of_range_is_refused(reference):
     from toolchain.errors import RoutevitError
 
     ref, images = reference
-    layer = ref.plan["routed_layers"][0]
-    n, slots = layer["num_patches"], layer["num_experts"] * layer["capacity"]
+    layer = ref.plan.routed_layers[0]
+    n, slots = layer.num_patches, layer.num_experts * layer.capacity
     good = ref.run(images[0]).routing[0]
     bad_dispatch = good.dispatch.copy()
     bad_dispatch[0] = n + 1
@@ -56,11 +56,11 @@ def test_arena_in_plan_is_the_recording_allocators(int8_artifacts):
     from toolchain.hostref import HostReference, tflm
 
     ref = HostReference(int8_artifacts["exp"])
-    ref.run(np.zeros(ref.plan["model"]["input"]["shape"], np.int8))
-    for seg, interp in zip(ref.plan["segments"], ref.interpreters):
+    ref.run(np.zeros(ref.plan.input.shape, np.int8))
+    for seg, interp in zip(ref.plan.segments, ref.interpreters):
         usage = tflm.arena_usage(interp)
-        assert usage == seg["arena"]
-        assert seg["arena_bytes"] == usage["total"] == usage["persistent"] + usage["nonpersistent"]
+        assert usage == seg.arena.to_dict()
+        assert seg.arena_bytes == usage["total"] == usage["persistent"] + usage["nonpersistent"]
 
 
 def test_tflm_and_tflite_interpreter_agree_except_pinned_kernels(int8_artifacts, reference):

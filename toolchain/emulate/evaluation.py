@@ -82,12 +82,11 @@ def _counter_kind(hello, backend: str | None) -> int | None:
 def build_record(project: Project, target: dict, dataset: str, labels, class_names, device: DeviceRun | None,
                  host: dict | None, maps: list, notes: list[str], progress: dict | None = None) -> dict:
     """The report record (toolchain/report/writer.py) of the images `device` holds."""
-    plan = project.plan or {}
+    plan = project.plan
     logits_quant = None
-    if plan.get("logits"):
-        seg = plan["segments"][plan["logits"]["segment"]]
-        out = seg["outputs"][plan["logits"]["output"]]
-        logits_quant = {"scale": out["scale"], "zero_point": out["zero_point"]}
+    if plan is not None:
+        out = plan.logits_entry
+        logits_quant = {"scale": out.scale, "zero_point": out.zero_point}
     hello = device.hello if device is not None else None
     record = {
         "backend": target.get("backend"),
@@ -100,7 +99,7 @@ def build_record(project: Project, target: dict, dataset: str, labels, class_nam
         "class_names": class_names,
         "labels": labels,
         "logits_quant": logits_quant,
-        "routed_layers": plan.get("routed_layers") or [],
+        "routed_layers": [layer.to_dict() for layer in plan.routed_layers] if plan is not None else [],
         "routing_maps": maps,
         "memory": memory_summary(project),
         "notes": notes,
@@ -161,9 +160,9 @@ def run_evaluation(open_link, project: Project, *, data: str, limit: int, out: P
     except BaseException as exc:
         devices.close()
         journal.close()
-        if not journal.results and not target:
-            # Nothing ran (no emulator, or the firmware is not this project's): no report, and
-            # no folder left behind that holds only an empty journal.
+        if not journal.results:
+            # No image finished (no emulator, the firmware is not this project's, it died on
+            # the first image): no report, and no folder left behind holding an empty journal.
             if not resume:
                 journal.discard()
             raise

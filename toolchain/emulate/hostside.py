@@ -10,13 +10,14 @@ import numpy as np
 
 from toolchain.emulate.session import DeviceError, Session
 from toolchain.errors import RoutevitError
+from toolchain.plan import Plan
 
 log = logging.getLogger("routevit")
 
 ROUTING_MAP_IMAGES = 4
 
 
-def device_routing_maps(session: Session | None, host: dict | None, plan: dict, images_u8, labels,
+def device_routing_maps(session: Session | None, host: dict | None, plan: Plan, images_u8, labels,
                         count: int = ROUTING_MAP_IMAGES) -> list[dict]:
     """Per-patch expert of the first images, for the routing map.
 
@@ -26,7 +27,7 @@ def device_routing_maps(session: Session | None, host: dict | None, plan: dict, 
     from toolchain.report.metrics import assignment_from_combine
     from toolchain.routing import route
 
-    layers = plan.get("routed_layers") or []
+    layers = plan.routed_layers
     if not host or not layers:
         return []
     scores_all = host.get("router_scores")
@@ -36,7 +37,7 @@ def device_routing_maps(session: Session | None, host: dict | None, plan: dict, 
     for i in range(min(count, len(images_u8), available)):
         entry = {"index": i, "image": images_u8[i], "label": int(labels[i]), "layers": []}
         for r, layer in enumerate(layers):
-            n, e, c = int(layer["num_patches"]), int(layer["num_experts"]), int(layer["capacity"])
+            n, e, c = layer.num_patches, layer.num_experts, layer.capacity
             if scores_all is None:
                 entry["layers"].append({"assignment": [int(a) for a in assignments_all[i][r]][:n],
                                         "source": "host routing"})
@@ -49,7 +50,7 @@ def device_routing_maps(session: Session | None, host: dict | None, plan: dict, 
                 except DeviceError as exc:
                     log.warning("ROUTE on the device failed (%s); drawing the host's routing", exc)
             if combine is None:
-                _, combine, _ = route(scores, c, top_k=int(layer.get("top_k", 1)))
+                _, combine, _ = route(scores, c, top_k=layer.top_k)
                 source = "host routing"
             entry["layers"].append({"assignment": assignment_from_combine(combine, n, c, e).tolist(),
                                     "source": source})
@@ -77,14 +78,14 @@ def host_reference(reference, images_u8: np.ndarray, progress: bool = True) -> d
     return {"logits": np.stack(logits), "expert_counts": counts, "router_scores": scores}
 
 
-def float_predictions(export_dir: Path, plan: dict, images_u8: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+def float_predictions(export_dir: Path, plan: Plan, images_u8: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     """Top-1 of the export's float reference model on the same images, or (None, why not)."""
     from toolchain.data import Normalization
     from toolchain.hostref.evaluate import _float_predictions  # the int8 helper's float path
 
-    inp = plan["model"]["input"]
-    norm = inp.get("normalization") or {"mean": [0.5], "std": [0.5]}
-    normalization = Normalization.from_lists(norm["mean"], norm["std"], int(inp["shape"][3]))
+    norm = plan.input.normalization
+    mean, std = (norm.mean, norm.std) if norm is not None else ([0.5], [0.5])
+    normalization = Normalization.from_lists(mean, std, plan.input.channels)
     try:
         return _float_predictions(Path(export_dir), images_u8, normalization), None
     except RoutevitError as exc:

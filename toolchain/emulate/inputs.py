@@ -6,22 +6,21 @@ import numpy as np
 
 from toolchain.errors import RoutevitError
 
-def plan_input(plan: dict) -> dict:
-    return plan["model"]["input"]
 
-
-def load_test_images(data: str, plan: dict, limit: int):
-    """(uint8 [n, H, W, C], labels [n], class names) of the dataset's test split."""
+def load_test_images(data: str, plan, limit: int):
+    """(uint8 [n, H, W, C], labels [n], class names) of the dataset's test split at the input
+    size of `plan` (a `toolchain.plan.Plan`)."""
     from toolchain.data import load_dataset
 
-    _, height, width, channels = plan_input(plan)["shape"]
+    _, height, width, channels = plan.input.shape
     if height != width:
-        raise RoutevitError(f"plan: input {height}x{width} is not square; routevit datasets give square images")
+        raise RoutevitError(f"{plan.path or 'plan'}: input {height}x{width} is not square; routevit datasets "
+                            "give square images")
     dataset = load_dataset(data)
     images, labels = dataset.numpy_images("test", limit, image_size=height, channels=channels)
     if len(images) == 0:
         raise RoutevitError(f"dataset {data}: its test split has no images")
-    names = list(plan["model"].get("class_names") or dataset.class_names)
+    names = list(plan.class_names or dataset.class_names)
     return images, labels.astype(np.int64), names
 
 

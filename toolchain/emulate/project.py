@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from toolchain.emulate.link import Link
 from toolchain.errors import RoutevitError
 from toolchain.manifest import read_manifest
+from toolchain.plan import Plan, read_plan
 
 log = logging.getLogger("routevit")
 
@@ -27,7 +27,7 @@ class Project:
 
     root: Path
     meta: dict  # project.json
-    plan: dict | None  # the export's plan.json (None for a project generated without one)
+    plan: Plan | None  # the export's plan (toolchain.plan.read_plan; None when the export is not found)
     plan_path: Path | None
     board: object  # toolchain.boards.Board
 
@@ -85,7 +85,7 @@ def load_project(root: Path, export_dir: Path | None = None) -> Project:
         if expected and hashlib.sha256(data).hexdigest() != expected:
             raise RoutevitError(f"{plan_path}: is not the plan {root.name} was generated from (sha256 differs); "
                                 "give the right export with --export EXP or regenerate the project")
-        plan = json.loads(data)
+        plan = read_plan(plan_path.parent)
     return Project(root=root, meta=meta, plan=plan, plan_path=plan_path, board=board)
 
 
@@ -119,17 +119,15 @@ def check_hello(hello, project: Project, target: str) -> None:
                             f"plan ({project.model_id:016x}); flash or {rebuild}")
     if plan is None:
         return
-    shape = [int(v) for v in plan["model"]["input"]["shape"]]
+    shape = [int(v) for v in plan.input.shape]
     if list(hello.input_shape) != shape:
         raise RoutevitError(f"{target}: firmware input shape {list(hello.input_shape)} differs from the "
                             f"plan's {shape}; {rebuild}")
-    if hello.num_classes != int(plan["model"]["num_classes"]):
+    if hello.num_classes != plan.num_classes:
         raise RoutevitError(f"{target}: firmware has {hello.num_classes} classes, the plan "
-                            f"{plan['model']['num_classes']}; {rebuild}")
-    layers = plan.get("routed_layers") or []
+                            f"{plan.num_classes}; {rebuild}")
     device_layers = [(l.num_patches, l.num_experts, l.capacity, l.top_k) for l in hello.routed_layers]
-    plan_layers = [(int(l["num_patches"]), int(l["num_experts"]), int(l["capacity"]), int(l.get("top_k", 1)))
-                   for l in layers]
+    plan_layers = [(l.num_patches, l.num_experts, l.capacity, l.top_k) for l in plan.routed_layers]
     if device_layers[:len(plan_layers)] != plan_layers:
         raise RoutevitError(f"{target}: firmware routed layers {device_layers} differ from the plan's "
                             f"{plan_layers}; {rebuild}")

@@ -23,7 +23,8 @@ PTQ_BASELINE = "baselines/ptq"
 
 def export(qrun, out, *, ptq_baseline: bool = True, calibration_limit: int | None = None,
            progress: bool = True) -> dict:
-    """Write EXP from QRUN atomically; returns the plan."""
+    """Write EXP from QRUN atomically; returns the plan as written (plan.json's dict; read it
+    typed with `toolchain.plan.read_plan(out)`)."""
     import toolchain
     from quantization import calibration
     from quantization.qrun import (CONFIG, FLOAT_WEIGHTS, load_export_model, load_float_model,
@@ -61,9 +62,9 @@ def export(qrun, out, *, ptq_baseline: bool = True, calibration_limit: int | Non
 
 def _export_variant(model, config, meta, images, folder: Path, method: str, label: str,
                     progress: bool, version: str, qrun: Path) -> dict:
-    from toolchain.export import plan as plan_mod
     from toolchain.export.segments import convert_model, sha256
     from toolchain.models import routed_layer_info
+    from toolchain.plan import FORMAT, pixel_lut, plan_from_dict, write_plan
 
     if method == "qat":
         from quantization.qat import is_quantized
@@ -100,10 +101,10 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
             "nonpersistent_bytes": seg.arena["nonpersistent"], "arena": seg.arena, "inputs": seg.inputs, "outputs": seg.outputs})
     image_entry = next(e for e in segments[0].inputs if e["source"]["kind"] == "image")
     logits_seg = sm.logits[0]
-    staging = plan_mod.staging_bytes(seg_entries)
+    staging = staging_bytes(seg_entries)
     mc = config.model
     plan = {
-        "format": plan_mod.FORMAT,
+        "format": FORMAT,
         "routevit_version": version,
         "generated_by": {"command": "routevit export", "qrun": str(qrun.resolve()), "method": method,
                          "source_run": meta.get("source_run"),
@@ -114,8 +115,8 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
             "input": {"shape": image_entry["shape"], "dtype": "int8",
                       "scale": image_entry["scale"], "zero_point": image_entry["zero_point"],
                       "normalization": meta["normalization"],
-                      "pixel_lut": plan_mod.pixel_lut(meta["normalization"], image_entry["scale"],
-                                                      image_entry["zero_point"], mc.in_channels)}},
+                      "pixel_lut": pixel_lut(meta["normalization"], image_entry["scale"],
+                                             image_entry["zero_point"], mc.in_channels)}},
         "quantization": {"method": method},
         "segments": seg_entries,
         "routed_layers": routed,
@@ -129,9 +130,32 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
             "staging_bytes_max": max(staging) if staging else 0,
             "measured_on": "tflite-micro wheel, host x86_64 (RecordingMicroAllocator)"},
     }
-    plan_mod.check_routing(plan, folder / plan_mod.PLAN)
-    plan_mod.write(folder, plan)
+    write_plan(folder, plan_from_dict(plan, folder / "plan.json"))  # validated against the segments
     return plan
+
+
+def staging_bytes(segments: list) -> list:
+    """Bytes that must survive each boundary k -> k+1 (outputs of segments <= k still needed by
+    segments > k, plus the int32 dispatch/combine of the next segment), from plan.json segment dicts."""
+    import numpy as np
+
+    result = []
+    for k in range(len(segments) - 1):
+        total = 0
+        needed = set()
+        for later in segments[k + 1:]:
+            for entry in later["inputs"]:
+                src = entry["source"]
+                if src["kind"] == "segment_output" and src["segment"] <= k:
+                    needed.add((src["segment"], src["output"]))
+        for seg, out in needed:
+            shape = segments[seg]["outputs"][out]["shape"]
+            total += int(np.prod(shape))
+        for entry in segments[k + 1]["inputs"]:
+            if entry["source"]["kind"] in ("dispatch", "combine"):
+                total += 4 * int(np.prod(entry["shape"]))
+        result.append(total)
+    return result
 
 
 class _UnwrappedLayers:

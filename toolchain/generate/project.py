@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from functools import lru_cache
 from pathlib import Path
 
 import toolchain
@@ -15,7 +16,7 @@ from toolchain.boards import Board, get_board
 from toolchain.errors import RoutevitError
 from toolchain.fsutil import atomic_output_dir
 from toolchain.generate import memory, render
-from toolchain.generate.plan import Plan, load_plan, tflm_op_methods
+from toolchain.plan import Plan, read_plan
 from toolchain.protocol import MsgType, STOP_SENTINEL, encode_frame
 
 log = logging.getLogger("routevit")
@@ -27,6 +28,14 @@ OTHER_STATICS_BYTES = 1024       # counters, parser state, libc data, rounded up
 MIN_PAYLOAD = 256
 DEFAULT_ARENA_MARGIN_PCT = 10.0
 FORMAT = "routevit-project/1"
+
+
+@lru_cache(maxsize=None)
+def tflm_op_methods() -> dict[str, str]:
+    """TFLite builtin name -> MicroMutableOpResolver method, from the one op table (toolchain/tflm/kernels.json)."""
+    from toolchain.tflm.library import kernel_table
+
+    return {op: entry["resolver"] for op, entry in kernel_table()["ops"].items()}
 
 
 def _align(n: int, a: int = 16) -> int:
@@ -92,52 +101,52 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     """Template context, memory budget and report details for a plan on a board."""
     layers = plan.routed_layers
     # Which segment outputs must survive until later: other segments' inputs, routers, logits.
-    needed = {(plan.logits["segment"], plan.logits["output"])}
-    needed |= {(layer["router"]["segment"], layer["router"]["output"]) for layer in layers}
+    needed = {(plan.logits.segment, plan.logits.output)}
+    needed |= {(layer.router.segment, layer.router.output) for layer in layers}
     for seg in plan.segments:
         for entry in seg.inputs:
-            if entry["source"]["kind"] == "segment_output":
-                needed.add((entry["source"]["segment"], entry["source"]["output"]))
+            if entry.source.kind == "segment_output":
+                needed.add((entry.source.segment, entry.source.output))
     stage = {key: f"g_stage_{key[0]}_{key[1]}" for key in sorted(needed)}
-    stages = [{"symbol": sym, "segment": s, "output": o, "name": plan.segments[s].outputs[o].get("name", ""),
-               "bytes": plan.segments[s].outputs[o]["model"]["bytes"]} for (s, o), sym in sorted(stage.items())]
+    stages = [{"symbol": sym, "segment": s, "output": o, "name": plan.segments[s].outputs[o].name,
+               "bytes": plan.segments[s].outputs[o].bytes} for (s, o), sym in sorted(stage.items())]
 
     seg_ctx = []
     for seg in plan.segments:
         inputs = []
         for i, entry in enumerate(seg.inputs):
-            src = entry["source"]
-            kind = src["kind"]
-            requant = entry.get("requantize") if kind == "segment_output" else None
+            src = entry.source
+            kind = src.kind
+            requant = (entry.requantize.to_dict() if kind == "segment_output" and entry.requantize is not None
+                       else None)
             if kind == "image":
                 expr, text = "frame.payload", "the INFER payload (int8 image)"
                 if requant:
                     expr = "reinterpret_cast<const int8_t*>(frame.payload)"
             elif kind == "segment_output":
-                expr = stage[(src["segment"], src["output"])]
-                text = f"segment {src['segment']} output {src['output']}"
+                expr = stage[(src.segment, src.output)]
+                text = f"segment {src.segment} output {src.output}"
             else:
-                expr = f"g_{kind}_{src['routed_layer']}"
-                text = f"routed layer {src['routed_layer']} {kind} indices"
-            inputs.append({"index": i, "name": entry.get("name", ""), "src": expr, "source_text": text,
-                           "bytes": entry["model"]["bytes"], "requantize": requant})
+                expr = f"g_{kind}_{src.routed_layer}"
+                text = f"routed layer {src.routed_layer} {kind} indices"
+            inputs.append({"index": i, "name": entry.name, "src": expr, "source_text": text,
+                           "bytes": entry.bytes, "requantize": requant})
         outputs = [{"index": o, "stage": stage.get((seg.index, o))} for o in range(len(seg.outputs))]
-        routes_after = [{"index": layer["index"], "name": layer.get("name", f"routed layer {layer['index']}"),
-                         "router_stage": stage[(layer["router"]["segment"], layer["router"]["output"])]}
-                        for layer in layers if layer["router"]["segment"] == seg.index]
+        routes_after = [{"index": layer.index, "name": layer.label,
+                         "router_stage": stage[(layer.router.segment, layer.router.output)]}
+                        for layer in layers if layer.router.segment == seg.index]
         seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(seg.data),
                         "hex_rows": _hex_rows(seg.data), "inputs": inputs, "outputs": outputs,
                         "routes_after": routes_after})
 
     arena = arena_plan(plan, margin_pct)
-    shape = [int(v) for v in plan.input["shape"]]
+    shape = [int(v) for v in plan.input.shape]
     input_bytes = math.prod(shape)
-    result_bytes = 10 + plan.num_classes + sum(2 * layer["num_experts"] for layer in layers)
+    result_bytes = 10 + plan.num_classes + sum(2 * layer.num_experts for layer in layers)
     ops = plan.ops
     stack_bytes = _align(STACK_BYTES + INTERPRETER_OBJECT_BYTES * len(plan.segments)
                          + OP_REGISTRATION_BYTES * len(ops), 1024)
-    ctx = base_context(board, plan.sha256, [dict(layer, name=layer.get("name", f"routed layer {layer['index']}"))
-                                            for layer in layers],
+    ctx = base_context(board, plan.sha256, [dict(layer.to_dict(), name=layer.label) for layer in layers],
                        extra_payload=max(input_bytes, result_bytes), stack_bytes=stack_bytes)
     ctx.update({
         "segments": seg_ctx, "stages": stages, "arena": arena, "ops": ops, "op_methods": tflm_op_methods(),
@@ -145,9 +154,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
         "own_kernel_sources": sorted(src for entry in render.own_kernels(ops).values()
                                      for src in entry["sources"] if src.endswith(".cc")),
         "num_classes": plan.num_classes,
-        "logits": {"stage": stage[(plan.logits["segment"], plan.logits["output"])]},
-        "input": {"shape": shape, "bytes": input_bytes, "scale_literal": _float_literal(float(plan.input["scale"])),
-                  "zero_point": int(plan.input["zero_point"])},
+        "logits": {"stage": stage[(plan.logits.segment, plan.logits.output)]},
+        "input": {"shape": shape, "bytes": input_bytes, "scale_literal": _float_literal(float(plan.input.scale)),
+                  "zero_point": int(plan.input.zero_point)},
     })
 
     budget = memory.MemoryBudget(board)
@@ -160,8 +169,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     if stages:
         budget.add("staging buffers (segment outputs kept between segments)",
                    sum(_align(s["bytes"]) for s in stages), "ram")
-    routing_bytes = sum(4 * l["num_experts"] * l["capacity"] + 4 * l["top_k"] * l["num_patches"]
-                        + 2 * l["num_experts"] for l in layers)
+    routing_bytes = sum(4 * l.slots + 4 * l.choices + 2 * l.num_experts for l in layers)
     routing_bytes += 4 * ctx["max_dispatch_slots"] + 4 * ctx["max_combine_slots"] + 2 * ctx["max_experts"]
     budget.add("routing index buffers (dispatch, combine, counts)", routing_bytes, "ram")
     budget.add("protocol buffers (frame parser + answer)", 2 * ctx["max_payload"] + 16, "ram")
@@ -174,9 +182,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
                       "persistent_bytes": s.persistent_bytes, "nonpersistent_bytes": s.nonpersistent_bytes}
                      for s in plan.segments],
         "staging": stages and [{k: s[k] for k in ("segment", "output", "name", "bytes")} for s in stages],
-        "routed_layers": [{"name": l.get("name", ""), "num_patches": l["num_patches"], "num_experts": l["num_experts"],
-                           "capacity": l["capacity"], "top_k": l["top_k"], "patch_area": l["patch_area"],
-                           "dim": l["dim"], "expert_buffer_bytes": l["capacity"] * l["patch_area"] * l["dim"]}
+        "routed_layers": [{"name": l.name or "", "num_patches": l.num_patches, "num_experts": l.num_experts,
+                           "capacity": l.capacity, "top_k": l.top_k, "patch_area": l.patch_area,
+                           "dim": l.dim, "expert_buffer_bytes": l.capacity * l.patch_area * l.dim}
                           for l in layers],
         "stack_bytes": stack_bytes,
         "max_payload": ctx["max_payload"],
@@ -209,10 +217,10 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) 
                    "plan_sha256": plan.sha256},
         "segments": [{"file": s["file"], "bytes": s["bytes"], "sha256": s["sha256"]} for s in details["segments"]],
         "num_classes": plan.num_classes,
-        "input": {"shape": ctx["input"]["shape"], "scale": float(plan.input["scale"]),
-                  "zero_point": int(plan.input["zero_point"])},
-        "routed_layers": [{k: l[k] for k in ("num_patches", "num_experts", "capacity", "top_k")}
-                          for l in plan.routed_layers],
+        "input": {"shape": ctx["input"]["shape"], "scale": float(plan.input.scale),
+                  "zero_point": int(plan.input.zero_point)},
+        "routed_layers": [{"num_patches": l.num_patches, "num_experts": l.num_experts, "capacity": l.capacity,
+                           "top_k": l.top_k} for l in plan.routed_layers],
         "qemu": {"machine": board.qemu["machine"]} if board.qemu else None,
         "renode": board.renode,
         "clock_hz": board.clock_hz,
@@ -232,7 +240,7 @@ def generate(exp_dir: Path, board_id: str, out: Path,
     if not 0 <= arena_margin_pct <= 1000:
         raise RoutevitError(f"--arena-margin {arena_margin_pct}: must be between 0 and 1000 (percent)")
     board = get_board(board_id)
-    plan = load_plan(Path(exp_dir))
+    plan = read_plan(Path(exp_dir))
     ctx, budget, details = model_context(plan, board, arena_margin_pct)
     overflow = budget.overflow_message()
     if overflow:

@@ -47,27 +47,26 @@ def crosscheck(exp, images_int8, reference: bool = True) -> list:
     from toolchain.hostref import HostReference, tflm
 
     ref = HostReference(exp)
-    folder = ref.folder
     report = []
-    datas = [(folder / s["file"]).read_bytes() for s in ref.plan["segments"]]
+    datas = [s.data for s in ref.plan.segments]
     lite = [_tflite_interpreter(d, reference) for d in datas]
     micro = [_tflm_preserving(d) for d in datas]
     op_lists = [operators(d) for d in datas]
-    for k, seg in enumerate(ref.plan["segments"]):
+    for k, seg in enumerate(ref.plan.segments):
         report.append({"index": k, "elements": 0, "differing": 0, "max_abs_diff": 0, "ops": {}})
     for image in images_int8:
         result = ref.run(image)
         # the inputs each segment saw, rebuilt from the host run (same as HostReference.run)
-        for k, seg in enumerate(ref.plan["segments"]):
+        for k, seg in enumerate(ref.plan.segments):
             feeds = []
-            for entry in seg["inputs"]:
-                src = entry["source"]
-                if src["kind"] == "image":
-                    feeds.append(np.asarray(image, np.int8).reshape(entry["shape"]))
-                elif src["kind"] == "segment_output":
-                    feeds.append(result.outputs[src["segment"]][src["output"]])
+            for entry in seg.inputs:
+                src = entry.source
+                if src.kind == "image":
+                    feeds.append(np.asarray(image, np.int8).reshape(entry.shape))
+                elif src.kind == "segment_output":
+                    feeds.append(result.outputs[src.segment][src.output])
                 else:
-                    feeds.append(getattr(result.routing[src["routed_layer"]], src["kind"]))
+                    feeds.append(getattr(result.routing[src.routed_layer], src.kind))
             lt = lite[k]
             for detail, value in zip(lt.get_input_details(), feeds):
                 lt.set_tensor(detail["index"], value)

@@ -33,15 +33,14 @@ def _float_predictions(exp: Path, pixels: np.ndarray, normalization) -> np.ndarr
     return np.concatenate(preds) if preds else np.zeros((0,), np.int64)
 
 
-def _host_pass(folder: Path, pixels, labels, float_pred, label: str, progress: bool) -> dict:
+def _host_pass(ref, pixels, labels, float_pred, progress: bool) -> dict:
+    """Top-1, agreement and expert use of one host reference (`HostReference`) on the images."""
     from tqdm import tqdm
 
-    from toolchain.hostref import HostReference
-
-    ref = HostReference(folder)
     plan = ref.plan
-    routed = plan["routed_layers"]
-    counts = [np.zeros(r["num_experts"], np.int64) for r in routed]
+    label = f"int8 {plan.method}"
+    routed = plan.routed_layers
+    counts = [np.zeros(r.num_experts, np.int64) for r in routed]
     preds = np.zeros(len(pixels), np.int64)
     started = time.monotonic()
     for i in tqdm(range(len(pixels)), desc=label, unit="img", file=sys.stderr, disable=None if progress else True,
@@ -53,20 +52,20 @@ def _host_pass(folder: Path, pixels, labels, float_pred, label: str, progress: b
     n = len(pixels)
     experts = {}
     for r, c in zip(routed, counts):
-        choices = n * r["top_k"] * r["num_patches"]
+        choices = n * r.choices
         total = int(c.sum())
-        experts[r["name"]] = {"share": [float(x) / total if total else 0.0 for x in c],
+        experts[r.label] = {"share": [float(x) / total if total else 0.0 for x in c],
                               "patches": [int(x) for x in c],
                               "dropped": float(choices - total) / choices if choices else 0.0}
     return {
-        "method": plan["quantization"]["method"],
+        "method": plan.method,
         "top1": float(np.mean(preds == labels)) if n else None,
         "agreement_with_float": float(np.mean(preds == float_pred)) if n else None,
         "expert_share": experts,
-        "arena_bytes": [s["arena_bytes"] for s in plan["segments"]],
-        "arena": [s["arena"] for s in plan["segments"]],
-        "memory": plan["memory"],
-        "segment_bytes": [s["bytes"] for s in plan["segments"]],
+        "arena_bytes": [s.arena_bytes for s in plan.segments],
+        "arena": [s.arena.to_dict() if s.arena else None for s in plan.segments],
+        "memory": plan.memory.to_dict() if plan.memory else None,
+        "segment_bytes": [s.bytes for s in plan.segments],
         "seconds_per_image": (time.monotonic() - started) / n if n else None,
         "predictions": preds,
     }
@@ -76,29 +75,32 @@ def evaluate_host(exp, data: str, limit: int | None = None, split: str = "test",
                   progress: bool = True) -> dict:
     from toolchain.data import Normalization, load_dataset
     from toolchain.export import PTQ_BASELINE
-    from toolchain.export import plan as plan_mod
+    from toolchain.hostref import HostReference
+    from toolchain.plan import PLAN
 
     exp = Path(exp)
-    plan = plan_mod.read(exp)
-    model = plan["model"]
-    shape = model["input"]["shape"]
+    primary_ref = HostReference(exp)  # reads and checks EXP/plan.json (toolchain.plan.read_plan)
+    plan = primary_ref.plan
+    shape = plan.input.shape
     dataset = load_dataset(data)
-    if dataset.num_classes != model["num_classes"]:
+    if dataset.num_classes != plan.num_classes:
         raise RoutevitError(f"dataset {data}: {dataset.num_classes} classes, the model in {exp} has "
-                            f"{model['num_classes']}; use the dataset it was trained on")
+                            f"{plan.num_classes}; use the dataset it was trained on")
     pixels, labels = dataset.numpy_images(split, limit, image_size=shape[1], channels=shape[3])
-    norm = model["input"]["normalization"]
-    normalization = Normalization.from_lists(norm["mean"], norm["std"], shape[3])
+    norm = plan.input.normalization
+    if norm is None:
+        raise RoutevitError(f"{plan.path}: model.input has no normalization; export again "
+                            "(`routevit export QRUN --out EXP`)")
+    normalization = Normalization.from_lists(norm.mean, norm.std, shape[3])
     float_pred = _float_predictions(exp, pixels, normalization)
     result = {"target": str(exp), "backend": "host", "data": data, "split": split,
               "examples": int(len(labels)),
               "float": {"top1": float(np.mean(float_pred == labels)) if len(labels) else None}}
-    variants = [("int8", exp)]
-    if (exp / PTQ_BASELINE / plan_mod.PLAN).is_file():
-        variants.append(("ptq_baseline", exp / PTQ_BASELINE))
-    for key, folder in variants:
-        label = f"int8 {plan_mod.read(folder)['quantization']['method']}"
-        result[key] = _host_pass(folder, pixels, labels, float_pred, label, progress)
+    variants = [("int8", primary_ref)]
+    if (exp / PTQ_BASELINE / PLAN).is_file():
+        variants.append(("ptq_baseline", HostReference(exp / PTQ_BASELINE)))
+    for key, ref in variants:
+        result[key] = _host_pass(ref, pixels, labels, float_pred, progress)
     primary = result["int8"]
     if primary["method"] == "ptq":
         result["ptq"] = {k: v for k, v in primary.items()}
