@@ -388,3 +388,86 @@ def test_sub_kernel_equals_numpy_twin_and_the_wheel(sub_setup):
             clamped += int(np.sum((twin == -128) | (twin == 127)))
     assert checked > 30_000 and clamped > 100
 
+
+
+def _tree_float32_params(first_q, second_q, out_q):
+    """SUB's parameters as TFLM 90b983c2's sub_common.cc computes them: the ratios in float32."""
+    from toolchain.hostref.kernels import quantize_multiplier, sub_params
+
+    s1, s2, so = (np.float32(q[0]) for q in (first_q, second_q, out_q))
+    twice = np.float32(2) * max(s1, s2)
+    p = sub_params(first_q, second_q, out_q)
+    p["input1_multiplier"], p["input1_shift"] = quantize_multiplier(float(np.float32(s1 / twice)))
+    p["input2_multiplier"], p["input2_shift"] = quantize_multiplier(float(np.float32(s2 / twice)))
+    p["output_multiplier"], p["output_shift"] = quantize_multiplier(
+        float(np.float32(twice / (np.float32(1 << 20) * so))))
+    return p
+
+
+def _sub_with(p, a, b):
+    s1 = (a.astype(np.int64) + p["input1_offset"]) * (1 << p["left_shift"])
+    s2 = (b.astype(np.int64) + p["input2_offset"]) * (1 << p["left_shift"])
+    raw = multiply_by_quantized_multiplier(
+        multiply_by_quantized_multiplier(s1, p["input1_multiplier"], p["input1_shift"])
+        - multiply_by_quantized_multiplier(s2, p["input2_multiplier"], p["input2_shift"]),
+        p["output_multiplier"], p["output_shift"])
+    return np.clip(raw + p["output_offset"], -128, 127).astype(np.int8)
+
+
+def test_sub_kernel_rounds_near_ties_like_the_wheel_where_the_trees_sub_does_not(sub_setup, tmp_path):
+    """Why the firmware has its own SUB (docs/design.md): with TFLM 90b983c2's float32 multipliers
+    some (a, b) pairs on a rounding near-tie land one step away from the wheel. An output scale
+    that has such pairs is found in numpy and written into a real SUB model; on those pairs the
+    tree's SUB (host build) differs from the wheel, routevit's does not."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    from toolchain.hostref.kernels import sub_params, sub_quantized
+
+    exe, models = sub_setup
+    name, path, relu = models[0]  # same-shape SUB
+    model = path.read_bytes()
+    shapes, (first, second), out_q = _sub_wiring(model)
+    q1, q2 = shapes[first][1], shapes[second][1]
+    a, b = (g.astype(np.int8) for g in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij"))
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        scale = np.float32(out_q[0] * rng.uniform(0.7, 1.4))
+        candidate = (float(scale), out_q[1])
+        ties = _sub_with(sub_params(q1, q2, candidate), a, b) != _sub_with(_tree_float32_params(q1, q2, candidate), a, b)
+        if ties.any():
+            break
+    else:
+        pytest.fail("no output scale with a float32/double near-tie found")
+    old = np.float32(out_q[0]).tobytes()
+    assert model.count(old) == 1
+    patched = tmp_path / "sub_near_tie.tflite"
+    patched.write_bytes(model.replace(old, scale.tobytes()))
+    assert _sub_wiring(patched.read_bytes())[2][0] == pytest.approx(float(scale), rel=0, abs=0)
+
+    # every near-tie pair, then random pairs, laid out over the model's [1,4,4,8] inputs
+    pairs_a, pairs_b = a[ties], b[ties]
+    size = int(np.prod(shapes[first][0]))
+    count = -(-len(pairs_a) // size) + 4
+    flat_a = rng.integers(-128, 128, count * size).astype(np.int8)
+    flat_b = rng.integers(-128, 128, count * size).astype(np.int8)
+    flat_a[:len(pairs_a)], flat_b[:len(pairs_b)] = pairs_a, pairs_b
+    records = [[None, None] for _ in range(count)]
+    for r in range(count):
+        records[r][first] = flat_a[r * size:(r + 1) * size].reshape(shapes[first][0])
+        records[r][second] = flat_b[r * size:(r + 1) * size].reshape(shapes[second][0])
+    stdin = b"".join(t.tobytes() for tensors in records for t in tensors)
+    ours = np.frombuffer(run_program(exe, stdin, args=[patched, "routevit"]), np.int8)
+    tree = np.frombuffer(run_program(exe, stdin, args=[patched, "tflm"]), np.int8)
+    wheel = runtime.Interpreter.from_bytes(patched.read_bytes())
+    host = []
+    for tensors in records:
+        for i, t in enumerate(tensors):
+            wheel.set_input(t, i)
+        wheel.invoke()
+        host.append(wheel.get_output(0).reshape(-1))
+    host = np.concatenate(host)
+    twin = sub_quantized(flat_a, q1, flat_b, q2, (float(scale), out_q[1]))
+    assert np.array_equal(host, twin) and np.array_equal(ours, twin)
+    tree_twin = _sub_with(_tree_float32_params(q1, q2, (float(scale), out_q[1])), flat_a, flat_b)
+    assert np.array_equal(tree, tree_twin)  # the tree's SUB is what the float32 model says
+    assert np.array_equal(np.flatnonzero(tree != host), np.arange(len(pairs_a)))  # exactly the near-ties
