@@ -275,3 +275,24 @@ def open_renode(project_dir: Path, elf: Path, board, *, connect_timeout_s: float
                     extra={"tcp_port": uart_port, "robot_port": robot_port, "argv": argv, "commands": commands,
                            "resc": str(resc), "monitor": monitor, "count_hook": bool(hooks)})
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run_robot_suite(suite: Path, workdir: Path, timeout_s: float = 600.0) -> subprocess.CompletedProcess:
+    """`renode-test SUITE` the way it works offline: a private TMPDIR, results in `workdir`
+    (not inside Renode's folder, which parallel runs would share), no CSS file (the unpacked
+    build has none), and this Python first on PATH (renode-test runs the first `python3`, which
+    needs robotframework)."""
+    import sys
+
+    binary = renode_test_binary()
+    if binary is None:
+        raise RoutevitError(renode_missing_reason() or "renode-test: not found beside the renode launcher; "
+                            "reinstall Renode (`ROUTEVIT_RENODE_FROM=ARCHIVE ./setup.sh`)")
+    workdir = Path(workdir)
+    env = dict(os.environ)
+    env["TMPDIR"] = str(private_tmpdir(workdir))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    argv = [binary, "--css-file", "", "-r", str(workdir / "results"), str(Path(suite).resolve())]
+    log.info("running %s", subprocess.list2cmdline(argv))
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout_s, cwd=workdir,
+                          stdin=subprocess.DEVNULL)
