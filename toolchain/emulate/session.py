@@ -227,8 +227,26 @@ class Session:
         return protocol.HEADER_BYTES + max_payload + protocol.CRC_BYTES
 
     # -- messages ----------------------------------------------------------------------------
-    def hello(self, timeout_s: float | None = None):
-        frame = self.request(protocol.MsgType.HELLO_REQ, b"", "HELLO", timeout_s)
+    def hello(self, timeout_s: float | None = None, attempts: int = 5):
+        """HELLO, sent again a few times within the timeout: a device that is still booting drops
+        bytes that arrive before its UART receiver is on (QEMU's STM32 USART does, and so does a
+        board just out of reset). Answers to earlier tries carry older sequence numbers and are
+        skipped; the last try also flushes the line (see `request`)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        per_try = max(timeout_s / attempts, 0.5)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                frame = self.request(protocol.MsgType.HELLO_REQ, b"", "HELLO", per_try, resync=None if last else False)
+                break
+            except DeviceError as exc:
+                if exc.code is not None or self.link.device_gone():
+                    raise
+                if last:
+                    raise self._fail("HELLO", f"no answer within {timeout_s:g} s ({attempts} tries, the last "
+                                     "one after a resync)") from None
+                log.info("%s: no answer to HELLO within %g s (try %d of %d); sending it again",
+                         self.link.target, per_try, attempt + 1, attempts)
         self._expect(frame, protocol.MsgType.HELLO, "HELLO")
         try:
             self.hello_info = protocol.decode_hello(frame.payload)
