@@ -167,7 +167,7 @@ def test_no_other_firmware_source_copies_the_protocol_constants():
     table = P.c_constants()
     definitions = [re.compile(rf"\b{m['name']}\s*=") for e in table["enums"] for m in e["members"]]
     definitions += [re.compile(r"\bk(ProtocolVersion|Sync[01]|HeaderBytes|CrcBytes)\s*="),
-                    re.compile(r"0x(A5|5A)\b", re.I), re.compile(r"#define\s+ROUTEVIT_(SYNC|MSG|ERROR|COUNTER)_")]
+                    re.compile(r"0x(A5|5A)\b", re.IGNORECASE), re.compile(r"#define\s+ROUTEVIT_(SYNC|MSG|ERROR|COUNTER)_")]
     checked = 0
     for path in sorted(SRC_TEMPLATES.rglob("*.j2")):
         if path.name == "protocol_constants.h.j2":

@@ -197,7 +197,7 @@ class Session:
         """Write bytes as they are (tests and diagnostics: damaged frames, noise)."""
         self._write(bytes(data), what)
 
-    def read_frame(self, timeout_s: float | None = None, what: str = "waiting for a frame") -> "protocol.Frame":
+    def read_frame(self, timeout_s: float | None = None, what: str = "waiting for a frame") -> protocol.Frame:
         """The next frame the device sends, whatever its type or sequence number (ERROR frames
         included); DeviceError if none arrives within the timeout."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
