@@ -257,6 +257,7 @@ def format_cases():
     return cases
 
 
+@pytest.mark.tflm
 def test_log_formatter_equals_printf_semantics(format_exe):
     cases = format_cases()
     stdin = "".join("\t".join([str(size), fmt] + [f"{t}:{v}" for t, v in args]) + "\n" for size, fmt, args in cases)
@@ -359,6 +360,7 @@ def _sub_inputs(rng, shapes, count):
     return records
 
 
+@pytest.mark.tflm
 def test_sub_kernel_equals_numpy_twin_and_the_wheel(sub_setup):
     from tflite_micro.python.tflite_micro import runtime
 
@@ -414,6 +416,7 @@ def _sub_with(p, a, b):
     return np.clip(raw + p["output_offset"], -128, 127).astype(np.int8)
 
 
+@pytest.mark.tflm
 def test_sub_kernel_rounds_near_ties_like_the_wheel_where_the_trees_sub_does_not(sub_setup, tmp_path):
     """Why the firmware has its own SUB (docs/design.md): with TFLM 90b983c2's float32 multipliers
     some (a, b) pairs on a rounding near-tie land one step away from the wheel. An output scale
