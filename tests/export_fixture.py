@@ -23,9 +23,9 @@ import json
 from pathlib import Path
 
 import pytest
+from int8_fixture import TINY_DENSE
 
 import toolchain  # noqa: F401  (TF_USE_LEGACY_KERAS before TF)
-from int8_fixture import TINY_DENSE
 
 # width 0.5 and a wide last stage: ~1.3 MB of int8 weights in one segment.
 BIG_DENSE = {**TINY_DENSE, "name": "big_dense_int8",

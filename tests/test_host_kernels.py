@@ -14,11 +14,16 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_cc import (DRIVERS, compile_program, host_tflm_library,  # noqa: E402
-                     render_templates, run_program)
+from host_cc import (
+    DRIVERS,
+    compile_program,
+    host_tflm_library,
+    render_templates,
+    run_program,
+)
 
-from toolchain import routing  # noqa: E402
-from toolchain.hostref import multiply_by_quantized_multiplier, requantize  # noqa: E402
+from toolchain import routing
+from toolchain.hostref import multiply_by_quantized_multiplier, requantize
 
 
 # =========================================================================== routing.cc
@@ -427,7 +432,7 @@ def test_sub_kernel_rounds_near_ties_like_the_wheel_where_the_trees_sub_does_not
     from toolchain.hostref.kernels import sub_params, sub_quantized
 
     exe, models = sub_setup
-    name, path, relu = models[0]  # same-shape SUB
+    _, path, _ = models[0]  # same-shape SUB
     model = path.read_bytes()
     shapes, (first, second), out_q = _sub_wiring(model)
     q1, q2 = shapes[first][1], shapes[second][1]

@@ -31,7 +31,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         return 0, 0
     mantissa, shift = math.frexp(real)
     scaled = mantissa * (1 << 31)  # exact: a power-of-two scaling of a double
-    q = int(math.floor(abs(scaled) + 0.5)) * (1 if scaled >= 0 else -1)
+    q = math.floor(abs(scaled) + 0.5) * (1 if scaled >= 0 else -1)
     if q == 1 << 31:
         q //= 2
         shift += 1
@@ -47,7 +47,7 @@ def activation_range(activation: str, scale: float, zero_point: int, dtype) -> t
 
     def quantize(value: float) -> int:  # TFLM: zero_point + TfLiteRound(value / scale) in float
         q = float(np.float32(value) / np.float32(scale))
-        return zero_point + int(math.floor(abs(q) + 0.5)) * (1 if q >= 0 else -1)
+        return zero_point + math.floor(abs(q) + 0.5) * (1 if q >= 0 else -1)
 
     if activation == "NONE":
         return lo, hi
