@@ -146,3 +146,32 @@ def pytest_runtest_makereport(item, call):
     if any(word in reason.lower() for word in _MISSING_TOOL_WORDS) and "hardware" not in reason.lower():
         report.outcome = "failed"
         report.longrepr = f"skipped although ROUTEVIT_REQUIRE_ALL=1 (CI has TFLM and Renode): {reason}"
+
+
+@pytest.fixture(scope="session")
+def fmnist_routed_export(tmp_path_factory):
+    """An int8 export of examples/configs/fmnist_routed.json: $ROUTEVIT_TEST_EXPORT, else the newest
+    routed export under runs/, else one trained here on a Fashion-MNIST subset (train 1 epoch on
+    3,000 images, QAT 1 epoch on 1,000, export: a few minutes). Bit-exactness and instruction
+    counts do not need a good model; accuracy claims are the benchmarks' business."""
+    import json as _json
+
+    given = os.environ.get("ROUTEVIT_TEST_EXPORT")
+    if given:
+        return Path(given)
+    plans = sorted((REPO / "runs").glob("**/plan.json"), key=lambda p: p.stat().st_mtime)
+    routed = [p for p in plans if _json.loads(p.read_text()).get("routed_layers")]
+    if routed:
+        return routed[-1].parent
+    root = tmp_path_factory.mktemp("fmnist-routed")
+    steps = [
+        ("train", "--config", REPO / "examples" / "configs" / "fmnist_routed.json", "--data", "fashion-mnist",
+         "--epochs", "1", "--limit-train", "3000", "--limit-eval", "500", "--out", root / "run"),
+        ("quantize", root / "run", "--method", "qat", "--limit-train", "1000", "--limit-eval", "500",
+         "--out", root / "qat"),
+        ("export", root / "qat", "--out", root / "exp"),
+    ]
+    for step in steps:
+        result = run_routevit(*step, timeout=3600)
+        assert result.returncode == 0, f"routevit {step[0]}: {result.stderr[-2000:]}"
+    return root / "exp"

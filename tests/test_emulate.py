@@ -125,7 +125,7 @@ def test_infer_on_selftest_build_is_a_clear_error(qemu_link):
 
 
 def test_wrong_image_size_is_refused_before_sending():
-    from toolchain.emulate.evaluation import check_image_sizes
+    from toolchain.emulate.inputs import check_image_sizes
 
     hello = protocol.Hello(version=1, counter_kind=0, max_payload=2048, arena_bytes=1, model_id=1,
                            input_shape=(1, 28, 28, 1), input_scale=0.5, input_zero_point=-1, num_classes=10,
@@ -444,7 +444,7 @@ def test_a_line_of_pure_garbage_is_a_clear_error(selftest_project):
 # -- a serial port: QEMU behind a pseudo-terminal stands in for a board ---------------------------
 
 def test_serial_port_backend_talks_to_qemu_through_a_pty(selftest_project):
-    from toolchain.emulate.evaluation import selftest_checks
+    from toolchain.emulate.selftest import selftest_checks
     from toolchain.emulate.qemu import open_qemu_pty
     from toolchain.emulate.serialport import open_serial_port
     from toolchain.emulate.session import Session
@@ -501,16 +501,6 @@ def test_renode_robot_suite_passes(selftest_project):
 
 
 # -- with TFLM: a model firmware against the host reference --------------------------------------
-
-def fmnist_export() -> Path | None:
-    """An export of a Fashion-MNIST routed model: $ROUTEVIT_TEST_EXPORT or the newest under runs/."""
-    env = os.environ.get("ROUTEVIT_TEST_EXPORT")
-    if env:
-        return Path(env)
-    plans = sorted((REPO / "runs").glob("**/plan.json"), key=lambda p: p.stat().st_mtime)
-    routed = [p for p in plans if json.loads(p.read_text()).get("routed_layers")]
-    return routed[-1].parent if routed else None
-
 
 # The int8 fixture points ROUTEVIT_CACHE at a temporary folder; TFLM trees and cached TFLM
 # libraries live in the user's cache, so the firmware commands get the cache as it was.
@@ -610,17 +600,11 @@ def test_hung_inference_is_reported_and_qemu_reaped(int8_project, tmp_path):
 @pytest.mark.tflm
 @pytest.mark.slow
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500"])
-def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, tmp_path):
-    from toolchain.errors import RoutevitError
-    from toolchain.tflm import find_tree
+def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, fmnist_routed_export, tmp_path):
+    from tflm_support import tflm_tree
 
-    try:
-        find_tree(cache=Path(USER_CACHE))
-    except RoutevitError as exc:
-        pytest.skip(f"no TFLM tree: run `routevit setup-tflm` ({exc.format_message()})")
-    export = fmnist_export()
-    if export is None:
-        pytest.skip("no routed Fashion-MNIST export under runs/ (set ROUTEVIT_TEST_EXPORT=EXP)")
+    tflm_tree()
+    export = fmnist_routed_export
     project = tmp_path / f"proj-{board}"
     result = run_with_user_cache("generate", export, "--board", board, "--out", project, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -630,11 +614,12 @@ def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, tmp_path
     result = run_with_user_cache("build", project, "--kernels", "cmsis-nn", timeout=3600)
     assert result.returncode == 0, result.stderr
     reports = []
+    # 200 images on two QEMU instances (the report is the one of --jobs 1; tests/test_emulate_runs.py).
     for run, limit in enumerate((200, 20)):
         out = tmp_path / f"report-{run}"
         result = run_with_user_cache("emulate", project, "--backend", "qemu", "--data", "fashion-mnist",
                                      "--limit", str(limit), "--export", export, "--out", out, "--json",
-                                     "--no-build", timeout=7200)
+                                     "--no-build", "--jobs", "2" if run == 0 else "1", timeout=7200)
         assert result.returncode == 0, result.stderr
         reports.append(json.loads((out / "report.json").read_text()))
     first = reports[0]
@@ -651,30 +636,44 @@ def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, tmp_path
 # -- the demo's firmware stages ---------------------------------------------------------------
 
 @pytest.mark.slow
-def test_demo_without_tflm_stops_after_host_evaluation_with_a_report(int8_artifacts, tmp_path, monkeypatch, capsys):
-    """No TFLM tree (an empty cache): one line on how to get TFLM, and the host reference's report."""
-    import dataclasses
-
-    from toolchain.emulate import demo_stages
+def test_demo_without_any_way_to_tflm_stops_after_host_evaluation_with_a_report(int8_artifacts, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """No TFLM tree, no local copies and no network (clones from a folder that does not exist):
+    one line on how to get TFLM, and the host reference's report."""
+    from toolchain import demo
 
     monkeypatch.setenv("ROUTEVIT_CACHE", str(tmp_path / "empty-cache"))
-
-    @dataclasses.dataclass
-    class Ctx:  # the fields of toolchain.cli.demo.DemoContext the stages use
-        out: Path
-        data: str
-        quick: bool = True
-        paths: dict = dataclasses.field(default_factory=dict)
-
-    ctx = Ctx(out=tmp_path / "demo", data=int8_artifacts["data"], paths={"export": int8_artifacts["exp"]})
-    numbers = demo_stages.stage_generate(ctx)
+    monkeypatch.delenv("ROUTEVIT_TFLM_FROM", raising=False)
+    monkeypatch.setenv("ROUTEVIT_TFLM_GIT_URL", f"file://{tmp_path}/no-such-mirror/{{owner}}/{{name}}.git")
+    ctx = demo.DemoContext(out=tmp_path / "demo", config=demo.DEFAULT_CONFIG, data=int8_artifacts["data"],
+                           quick=True, seed=0, paths={"export": int8_artifacts["exp"]})
+    numbers = demo.stage_generate(ctx)
     assert numbers["board"] == "mps2-an386" and (ctx.out / "project" / "project.json").is_file()
     capsys.readouterr()
-    built = demo_stages.stage_build(ctx)
-    said = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    built = demo.stage_build(ctx)
+    said = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("[")]
     assert built["skipped"] is True
-    assert len(said) == 1 and "routevit setup-tflm" in said[0] and "report" in said[0]
+    assert said[-1].startswith("TFLM could not be set up") and "ROUTEVIT_TFLM_FROM" in said[-1]
     report = json.loads((ctx.out / "report" / "report.json").read_text())
     assert report["backend"] == "host" and report["top1"]["host_int8"] is not None
     assert any("no firmware was built" in note for note in report["notes"])
-    assert demo_stages.stage_emulate(ctx)["skipped"] is True
+    assert demo.stage_emulate(ctx)["skipped"] is True
+
+
+@pytest.mark.tflm
+def test_a_missing_tflm_tree_is_set_up_from_local_copies(tmp_path, monkeypatch):
+    """What `routevit demo` and `routevit build` do on a fresh machine with ROUTEVIT_TFLM_FROM."""
+    from tflm_support import mirror_root
+
+    from toolchain.tflm import PINNED_COMMIT, installed_trees
+    from toolchain.tflm.setup import ensure_tree
+
+    copies = mirror_root()
+    if copies is None:
+        pytest.skip("no local TFLM copies: set ROUTEVIT_TFLM_FROM=DIR (CI: ../shared/third_party)")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ROUTEVIT_TFLM_FROM", str(copies))
+    assert installed_trees(cache) == []
+    tree = ensure_tree(cache)
+    assert tree.commit == PINNED_COMMIT and installed_trees(cache) == [tree.root]
+    assert ensure_tree(cache).root == tree.root  # found, not set up again

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, run_routevit
 
-pytestmark = [pytest.mark.slow, pytest.mark.tflm, pytest.mark.qemu]
+pytestmark = [pytest.mark.slow, pytest.mark.tflm, pytest.mark.qemu, pytest.mark.renode]
 
 # Same ops as the int8 fixture's tiny routed model (so the TFLM library build is shared), at
 # Fashion-MNIST's 28x28x1.
@@ -52,21 +52,29 @@ def readme_commands() -> list[list[str]]:
 def test_readme_command_sequence_runs_as_written(tmp_path):
     from tflm_support import tflm_tree
 
+    from toolchain.emulate.renode import renode_missing_reason
+
     tflm_tree()  # set up (or skip with the reason) before the long part
+    if renode_missing_reason():
+        pytest.skip(renode_missing_reason())
     commands = [c for c in readme_commands() if c[0] not in ("demo", "boards") and "--port" not in c]
     names = [c[0] for c in commands]
-    assert names == ["train", "quantize", "export", "evaluate", "generate", "setup-tflm", "build", "emulate"], names
+    assert names == ["train", "quantize", "export", "evaluate", "generate", "setup-tflm", "build", "emulate",
+                     "emulate"], names
     config = tmp_path / "examples" / "configs" / "fmnist_routed.json"
     config.parent.mkdir(parents=True)
     config.write_text(json.dumps(TINY_FMNIST))
     for command in commands:
         argv = list(command) + SMALL.get(command[0], [])
         if command[0] == "emulate":
-            argv[argv.index("--limit") + 1] = "12"
+            argv[argv.index("--limit") + 1] = "12" if "qemu" in argv else "4"
         result = run_routevit(*argv, cwd=tmp_path, timeout=1800)
         assert result.returncode == 0, f"routevit {shlex.join(argv)}:\n{result.stderr[-3000:]}"
     report = json.loads((tmp_path / "proj" / "reports" / "qemu" / "report.json").read_text())
     assert report["images"] == 12 and report["progress"]["complete"] is True
     assert report["agreement_device_vs_host"]["bit_exact_images"] == 12
+    renode = json.loads((tmp_path / "proj" / "reports" / "renode" / "report.json").read_text())
+    assert renode["agreement_device_vs_host"]["bit_exact_images"] == 4
+    assert [r["device_logits"] for r in renode["per_image"]] == [r["device_logits"] for r in report["per_image"][:4]]
     project = json.loads((tmp_path / "proj" / "project.json").read_text())
     assert Path(project["export"]["path"]) == (tmp_path / "runs" / "fmnist_routed.exp").resolve()

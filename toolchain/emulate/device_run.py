@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -166,7 +167,11 @@ def collect(journal: Journal, hello, wall_seconds: float, resumed: int, jobs: in
 
 
 class Devices:
-    """`jobs` sessions, each on its own link from `open_link(worker)`, all HELLO-checked."""
+    """`jobs` sessions, each on its own link from `open_link(worker)`, all HELLO-checked.
+
+    Each device has its own thread for its whole life (a one-thread executor): emulators are
+    started with a parent-death signal, which Linux ties to the *thread* that started them, so
+    the thread that opened a device must outlive it. Everything a device does runs there."""
 
     def __init__(self, open_link: Callable[[int], Link], jobs: int, *, timeout_s: float, hello_timeout: float,
                  check: Callable[[object, Link], None]):
@@ -177,46 +182,51 @@ class Devices:
         self.check = check
         self.sessions: list[Session] = []
         self.links: list[Link] = []
+        self.executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{w}") for w in range(jobs)]
 
     def open(self) -> None:
         """Start every device at once (emulators boot in parallel); the first failure is raised."""
-        errors = [None] * self.jobs
-        sessions = [None] * self.jobs
+        def start(worker: int) -> Session:
+            link = self.open_link(worker)
+            self.links.append(link)
+            session = Session(link, timeout_s=self.timeout_s)
+            hello = session.hello(timeout_s=self.hello_timeout)
+            self.check(hello, link)
+            return session
 
-        def start(worker: int) -> None:
-            try:
-                link = self.open_link(worker)
-                self.links.append(link)
-                session = Session(link, timeout_s=self.timeout_s)
-                hello = session.hello(timeout_s=self.hello_timeout)
-                self.check(hello, link)
-                sessions[worker] = session
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                errors[worker] = exc
+        self.sessions = wait_all([ex.submit(start, w) for w, ex in enumerate(self.executors)])
 
-        threads = [threading.Thread(target=start, args=(w,), daemon=True) for w in range(self.jobs)]
-        for t in threads:
-            t.start()
-        _join(threads)
-        self.sessions = [s for s in sessions if s is not None]
-        failed = next((e for e in errors if e is not None), None)
-        if failed is not None:
-            raise failed
+    def on_each(self, fn: Callable[[Session], object]) -> list:
+        """fn(session) on every device, each in its own thread; the results in device order."""
+        return wait_all([ex.submit(fn, s) for ex, s in zip(self.executors, self.sessions)])
+
+    def on_first(self, fn: Callable[[Session], object]):
+        return wait_all([self.executors[0].submit(fn, self.sessions[0])])[0]
 
     @property
     def hello(self):
         return self.sessions[0].hello_info if self.sessions else None
 
     def close(self) -> None:
-        for link in self.links:
+        for link in list(self.links):
             link.close()
+        for ex in self.executors:
+            ex.shutdown(wait=False, cancel_futures=True)
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    # join with a timeout so Ctrl-C reaches the main thread while workers block on the line
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+def wait_all(futures: list) -> list:
+    """The futures' results in order; the first exception is raised once all have ended. Waits
+    in short steps so Ctrl-C reaches the main thread while devices block on the line."""
+    pending = set(futures)
+    while pending:
+        _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+        if any(f.done() and f.exception() is not None for f in futures):
+            wait(pending)  # the others stop on their own (run_images sets its stop flag)
+            break
+    for f in futures:
+        if f.exception() is not None:
+            raise f.exception()
+    return [f.result() for f in futures]
 
 
 def run_images(devices: Devices, images_q: np.ndarray, journal: Journal, *, timeout_per_image: float,
@@ -236,7 +246,6 @@ def run_images(devices: Devices, images_q: np.ndarray, journal: Journal, *, time
         if index not in journal.results:
             todo.put(index)
     stop = threading.Event()
-    errors: list[BaseException] = []
     bar = tqdm(total=len(images_q), initial=resumed, desc=label, unit="img", file=sys.stderr,
                disable=(not progress) or None, leave=False)
     bar_lock = threading.Lock()
@@ -250,26 +259,19 @@ def run_images(devices: Devices, images_q: np.ndarray, journal: Journal, *, time
                 return
             try:
                 result = session.infer(images_q[index], what=f"INFER image {index}", timeout_s=timeout_per_image)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                errors.append(exc)
-                stop.set()
-                return
+            except BaseException:
+                stop.set()  # the other devices finish their current image and stop
+                raise
             journal.add(ImageResult(index, result.logits, result.counter, result.expert_counts, result.seconds))
             with bar_lock:
                 bar.update(1)
 
-    threads = [threading.Thread(target=work, args=(s,), daemon=True, name=f"device-{w}")
-               for w, s in enumerate(devices.sessions)]
     try:
-        for t in threads:
-            t.start()
-        _join(threads)
+        devices.on_each(work)
     except BaseException:
         stop.set()
         raise
     finally:
         bar.close()
     wall = time.monotonic() - started
-    if errors:
-        raise errors[0]
     return collect(journal, devices.hello, wall, resumed, len(devices.sessions), len(images_q))

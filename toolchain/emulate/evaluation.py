@@ -148,12 +148,11 @@ def run_evaluation(open_link, project: Project, *, data: str, limit: int, out: P
         device = run_images(devices, images_q, journal, timeout_per_image=timeout_per_image, progress=progress,
                             label=f"{first.backend} inference" + (f" x{jobs}" if jobs > 1 else ""))
         host = host_reference(reference, images_u8, progress=progress)
-        maps = device_routing_maps(devices.sessions[0], host, project.plan, images_u8, labels)
+        maps = devices.on_first(lambda session: device_routing_maps(session, host, project.plan, images_u8, labels))
+        # Emulators end through semihosting; a real board stays up for the next run (its
+        # semihosting call would fault without a debugger attached).
+        devices.on_each(lambda session: session.stop() if session.link.emulator is not None else None)
         for session in devices.sessions:
-            if session.link.emulator is not None:
-                # Emulators end through semihosting; a real board stays up for the next run (its
-                # semihosting call would fault without a debugger attached).
-                session.stop()
             if session.garbage_bytes or session.bad_frames or session.resends:
                 notes.append(f"{session.link.target}: line noise: {session.bad_frames} damaged frames, "
                              f"{session.resends} requests resent")
