@@ -17,8 +17,8 @@ from toolchain.errors import RoutevitError
 
 CATALOG_PATH = Path(__file__).resolve().parent / "catalog" / "boards.json"
 
-# Counter kinds as announced in the protocol's HELLO (docs/protocol.md).
-COUNTER_KINDS = {"systick": 0, "dwt": 1, "renode": 2}
+# The catalog's counter names; what HELLO then announces is toolchain.protocol.CounterKind.
+COUNTERS = ("systick", "dwt")
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,15 @@ def _parse(board_id: str, raw: dict, cores: dict) -> Board:
         id=board_id, title=raw["title"], core_family=raw["core_family"], core=core["core"],
         cpu_flags=tuple(core["cpu_flags"]), fpu=bool(core["fpu"]), regions=regions,
         placement=dict(raw["placement"]), uart=uart, clock_hz=int(raw["clock_hz"]),
-        boot_clock_hz=int(raw.get("boot_clock_hz", raw["clock_hz"])), counter=raw["counter"],
+        boot_clock_hz=int(raw.get("boot_clock_hz", raw["clock_hz"])), counter=_counter(board_id, raw["counter"]),
         qemu=raw.get("qemu"), renode=raw.get("renode"), raw=raw)
+
+
+def _counter(board_id: str, name: str) -> str:
+    if name not in COUNTERS:
+        raise RoutevitError(f"{CATALOG_PATH}: board {board_id}: counter {name!r} is not one of "
+                            f"{', '.join(COUNTERS)}; fix the catalog entry")
+    return name
 
 
 def board_ids() -> list[str]:
