@@ -470,36 +470,6 @@ def test_missing_serial_port_is_one_line_error(tmp_path):
         open_serial_port("/nonexistent/ttyACM9")
 
 
-# -- Renode --------------------------------------------------------------------------------------
-
-def test_renode_backend_without_renode_says_why(selftest_project, monkeypatch):
-    from toolchain.emulate import renode
-
-    if renode.renode_binary() is not None:
-        pytest.skip("renode is installed: the missing-Renode message cannot be shown")
-    result = run_routevit("emulate", selftest_project, "--selftest", "--backend", "renode", timeout=120)
-    assert result.returncode == 2
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "renode: not found on PATH" in lines[0] and "--backend qemu" in lines[0]
-
-
-@pytest.mark.renode
-@pytest.mark.skipif(shutil.which("renode") is None,
-                    reason="renode not on PATH (it is on no package registry here; install from renode.io)")
-def test_renode_runs_the_selftest_firmware(selftest_project):
-    result = run_routevit("emulate", selftest_project, "--selftest", "--backend", "renode", "--json", timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["route_checks"] > 0
-
-
-@pytest.mark.renode
-@pytest.mark.skipif(shutil.which("renode-test") is None, reason="renode-test not on PATH (install Renode)")
-def test_renode_robot_suite_passes(selftest_project):
-    result = subprocess.run(["renode-test", str(selftest_project / "renode" / "selftest.robot")],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:]
-
-
 # -- with TFLM: a model firmware against the host reference --------------------------------------
 
 # The int8 fixture points ROUTEVIT_CACHE at a temporary folder; TFLM trees and cached TFLM
