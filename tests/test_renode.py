@@ -214,6 +214,10 @@ def test_routed_firmware_on_renode_is_bit_exact_with_host(board, renode_model_pr
     # The firmware's SysTick count is Renode's virtual time at 1000 MIPS: instructions.
     assert report["counter"]["kind"] == 2
     assert min(row["counter"] for row in report["per_image"]) > 100_000
+    # Renode's own ExecutedInstructions per inference sit next to the firmware's count.
+    note = next(n for n in report["notes"] if "Renode ExecutedInstructions" in n)
+    assert f"over {MODEL_IMAGES} inferences" in note and "largest per-image difference" in note
+    assert int(note.rsplit("difference ", 1)[1].split()[0]) <= 40  # one MPS2 SysTick tick
 
 
 @pytest.mark.tflm

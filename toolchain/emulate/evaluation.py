@@ -22,6 +22,7 @@ from toolchain.emulate.device_run import (DeviceRun, Devices, Journal, file_sha2
 from toolchain.emulate.hostside import device_routing_maps, float_predictions, host_reference, open_host_reference
 from toolchain.emulate.inputs import load_test_images, quantize_images
 from toolchain.emulate.link import Link
+from toolchain.emulate.renode import renode_notes
 from toolchain.emulate.project import (BACKENDS, Project, check_hello, ensure_built, hello_json,  # noqa: F401
                                        load_project, open_backend, require_plan)
 from toolchain.errors import RoutevitError
@@ -153,6 +154,7 @@ def run_evaluation(open_link, project: Project, *, data: str, limit: int, out: P
         # semihosting call would fault without a debugger attached).
         devices.on_each(lambda session: session.stop() if session.link.emulator is not None else None)
         for session in devices.sessions:
+            notes.extend(renode_notes(session.link, device.counters))
             if session.garbage_bytes or session.bad_frames or session.resends:
                 notes.append(f"{session.link.target}: line noise: {session.bad_frames} damaged frames, "
                              f"{session.resends} requests resent")

@@ -296,3 +296,20 @@ def run_robot_suite(suite: Path, workdir: Path, timeout_s: float = 600.0) -> sub
     log.info("running %s", subprocess.list2cmdline(argv))
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout_s, cwd=workdir,
                           stdin=subprocess.DEVNULL)
+
+
+def renode_notes(link: Link, firmware_counts: list[int] | None = None) -> list[str]:
+    """Report notes for a Renode link: Renode's own ExecutedInstructions per inference next to
+    the firmware's count (compared image by image when the link ran all of `firmware_counts`)."""
+    executed = renode_inference_instructions(link)
+    if not executed:
+        return []
+    mean = sum(executed) / len(executed)
+    note = (f"{link.target}: Renode ExecutedInstructions per inference (hook on {COUNTER_SYMBOL}): "
+            f"mean {mean:,.0f} over {len(executed)} inferences")
+    if firmware_counts is not None and len(firmware_counts) == len(executed):
+        diffs = [abs(int(f) - e) for f, e in zip(firmware_counts, executed)]
+        fw_mean = sum(int(f) for f in firmware_counts) / len(firmware_counts)
+        note += (f"; firmware SysTick count mean {fw_mean:,.0f}; largest per-image difference {max(diffs)} "
+                 "(one SysTick tick is 1e9 / SysTick clock instructions)")
+    return [note]
