@@ -71,6 +71,8 @@ def main() -> None:
     from toolchain.emulate.project import load_project
     from toolchain.emulate.qemu import open_qemu
     from toolchain.emulate.renode import open_renode
+    from toolchain.emulate.session import DeviceError
+    from toolchain.errors import RoutevitError
 
     export = args.export or find_export("fmnist_routed")
     if export is None:
@@ -94,8 +96,16 @@ def main() -> None:
         if project.qemu_machine:
             runs["qemu"] = run_device(open_qemu(elf, project.qemu_machine, workdir=WORK / f"qemu-{board}"),
                                       images_q, args.timeout)
-        runs["renode"] = run_device(open_renode(project_dir, elf, project.board, workdir=WORK / f"renode-{board}"),
-                                    images_q, args.timeout)
+        try:
+            runs["renode"] = run_device(open_renode(project_dir, elf, project.board, workdir=WORK / f"renode-{board}"),
+                                        images_q, args.timeout)
+        except (RoutevitError, DeviceError) as exc:
+            message = exc.format_message() if isinstance(exc, RoutevitError) else str(exc)
+            log.error("%s: Renode run failed: %s", board, message)
+            rows.append({"summary": {"board": board, "elf": str(elf), "images": len(images_q),
+                                     "renode_error": message[:400],
+                                     "wall_seconds": {b: round(r["seconds"], 2) for b, r in runs.items()}}})
+            continue
         for i in range(len(images_q)):
             row = {"board": board, "image": i, "label": int(labels[i])}
             for backend, run in runs.items():
@@ -149,6 +159,9 @@ def markdown(summaries: list[dict], per_image: list[dict], meta: dict) -> str:
              "max abs Renode executed - QEMU count | wall s QEMU | wall s Renode |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
+        if "renode_error" in s:
+            lines.append(f"| {s['board']} | {s['images']} | - | failed: {s['renode_error'][:160]} | - | - | - | - | - | - |")
+            continue
         lines.append(
             f"| {s['board']} | {s['images']} | {s.get('qemu_bit_exact', '-')} | {s['renode_bit_exact']} | "
             f"{_n(s.get('qemu_firmware_count_mean'))} | {_n(s.get('renode_executed_mean'))} | "
