@@ -46,6 +46,11 @@ class Board:
     qemu: dict | None
     renode: dict | None
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    cmsis_nn: bool = False  # the core runs TFLM's CMSIS-NN kernels (`routevit build` uses them by default)
+
+    @property
+    def default_kernels(self) -> str:
+        return "cmsis-nn" if self.cmsis_nn else "reference"
 
     def region(self, name: str) -> MemoryRegion:
         for r in self.regions:
@@ -74,6 +79,7 @@ class Board:
             "core_family": self.core_family,
             "cpu_flags": list(self.cpu_flags),
             "fpu": self.fpu,
+            "cmsis_nn": self.cmsis_nn,
             "memory": {r.name: {"origin": r.origin, "size": r.size, "what": r.what} for r in self.regions},
             "placement": dict(self.placement),
             "uart": dict(self.uart),
@@ -106,7 +112,7 @@ def _parse(board_id: str, raw: dict, cores: dict) -> Board:
         cpu_flags=tuple(core["cpu_flags"]), fpu=bool(core["fpu"]), regions=regions,
         placement=dict(raw["placement"]), uart=uart, clock_hz=int(raw["clock_hz"]),
         boot_clock_hz=int(raw.get("boot_clock_hz", raw["clock_hz"])), counter=_counter(board_id, raw["counter"]),
-        qemu=raw.get("qemu"), renode=raw.get("renode"), raw=raw)
+        qemu=raw.get("qemu"), renode=raw.get("renode"), raw=raw, cmsis_nn=bool(core.get("cmsis_nn", False)))
 
 
 def _counter(board_id: str, name: str) -> str:

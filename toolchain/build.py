@@ -102,13 +102,26 @@ def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool) -> l
     return lines
 
 
-def build_project(proj, kernels: str = "reference", tflm: Path | None = None, *, jobs: int | None = None,
+def default_kernels(project: dict) -> str:
+    """CMSIS-NN where the project's core has it per the board catalog, else TFLM's reference kernels."""
+    from toolchain.boards import board_ids, get_board
+
+    board = project.get("board")
+    if board in board_ids():
+        return get_board(board).default_kernels
+    return "reference"
+
+
+def build_project(proj, kernels: str | None = None, tflm: Path | None = None, *, jobs: int | None = None,
                   cache: Path | None = None, strip_error_strings: bool = False, prefix: str = "arm-none-eabi-",
                   progress: bool = True) -> dict:
-    """Build PROJ's firmware; return the build record (also written to PROJ/build/build.json)."""
+    """Build PROJ's firmware; return the build record (also written to PROJ/build/build.json).
+    kernels None: CMSIS-NN on cores the catalog says have it, else reference."""
     started = time.monotonic()
     proj = Path(proj).resolve()
     project = load_project(proj)
+    if kernels is None:
+        kernels = default_kernels(project)
     if kernels not in KERNEL_SETS:
         raise RoutevitError(f"--kernels {kernels}: unknown kernel set; use one of {', '.join(KERNEL_SETS)}")
     check_ops(project["ops"], str(proj / "project.json"))

@@ -37,11 +37,14 @@ class MsgType(enum.IntEnum):
     PING = 0x03
     ROUTE = 0x04
     STOP = 0x05
+    INFER_PROFILE = 0x06   # INFER with the per-op profiler on; answered by RESULT
+    PROFILE = 0x07         # u16 first record -> PROFILE_RECORDS of the last INFER_PROFILE
     HELLO = 0x81
     RESULT = 0x82
     PONG = 0x83
     ROUTED = 0x84
     STOPPED = 0x85
+    PROFILE_RECORDS = 0x87
     ERROR = 0xE0
 
 
@@ -61,12 +64,22 @@ class CounterKind(enum.IntEnum):
     RENODE_INSTRUCTIONS = 2
 
 
+class ProfileKind(enum.IntEnum):
+    """What one PROFILE record measured (its `index` says which op / segment / routed layer)."""
+    OP = 0        # one operator invocation: index = op index in the segment's subgraph 0
+    INPUTS = 1    # writing (or requantizing) a segment's inputs before Invoke(): index = segment
+    OUTPUTS = 2   # copying a segment's outputs to the staging buffers: index = segment
+    ROUTING = 3   # the integer routing of a routed layer: index = routed layer
+    INVOKE = 4    # the whole Invoke() of a segment (its ops + TFLM's own work): index = segment
+
+
 # ------------------------------------------------------------------ the firmware's copy
 
 # C++ enum name, enumerator prefix and C macro prefix of each enum in protocol_constants.h.
 _C_ENUMS = ((MsgType, "MessageType", "k", "ROUTEVIT_MSG_"),
             (ErrorCode, "ErrorCode", "kError", "ROUTEVIT_ERROR_"),
-            (CounterKind, "CounterKind", "kCounter", "ROUTEVIT_COUNTER_"))
+            (CounterKind, "CounterKind", "kCounter", "ROUTEVIT_COUNTER_"),
+            (ProfileKind, "ProfileKind", "kProfile", "ROUTEVIT_PROFILE_"))
 # Enumerators whose C++ name is not the CamelCase of the Python name.
 _C_ENUMERATOR_NAMES = {(MsgType, "HELLO_REQ"): "kHelloRequest"}
 
@@ -95,6 +108,8 @@ def c_constants() -> dict:
         "header_bytes": HEADER_BYTES,
         "crc_bytes": CRC_BYTES,
         "stop_sentinel": STOP_SENTINEL.decode("ascii"),
+        "profile_record_bytes": PROFILE_RECORD.size,
+        "profile_header_bytes": PROFILE_HEADER.size,
         "enums": enums,
     }
 
@@ -374,6 +389,53 @@ def decode_result(payload: bytes, routed_layers=()) -> Result:
         counts.append(np.frombuffer(payload, "<u2", e, pos).astype(np.uint16))
         pos += 2 * e
     return Result(counter, logits, tuple(counts))
+
+
+# PROFILE_RECORDS payload: u16 total records of the last INFER_PROFILE, u16 first record in this
+# answer, then records of (u8 segment, u8 kind, u16 index, u32 counter) up to the frame's end.
+PROFILE_HEADER = struct.Struct("<HH")
+PROFILE_RECORD = struct.Struct("<BBHI")
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    segment: int
+    kind: int      # ProfileKind
+    index: int     # op index (OP), segment (INPUTS, OUTPUTS, INVOKE) or routed layer (ROUTING)
+    counter: int   # instructions or cycles, same counter as RESULT
+
+
+@dataclass(frozen=True)
+class ProfilePage:
+    total: int
+    first: int
+    records: tuple[ProfileRecord, ...]
+
+
+def encode_profile_request(first: int) -> bytes:
+    return struct.pack("<H", first)
+
+
+def encode_profile_records(total: int, first: int, records) -> bytes:
+    out = PROFILE_HEADER.pack(total, first)
+    for r in records:
+        out += PROFILE_RECORD.pack(r.segment, r.kind, r.index, r.counter)
+    return out
+
+
+def decode_profile_records(payload: bytes) -> ProfilePage:
+    if len(payload) < PROFILE_HEADER.size or (len(payload) - PROFILE_HEADER.size) % PROFILE_RECORD.size:
+        raise ProtocolError(f"PROFILE_RECORDS payload of {len(payload)} bytes is not {PROFILE_HEADER.size} + "
+                            f"a multiple of {PROFILE_RECORD.size}")
+    total, first = PROFILE_HEADER.unpack_from(payload, 0)
+    records = tuple(ProfileRecord(*PROFILE_RECORD.unpack_from(payload, pos))
+                    for pos in range(PROFILE_HEADER.size, len(payload), PROFILE_RECORD.size))
+    if first + len(records) > total:
+        raise ProtocolError(f"PROFILE_RECORDS holds records {first}..{first + len(records) - 1} of {total}")
+    for r in records:
+        if r.kind not in ProfileKind.__members__.values():
+            raise ProtocolError(f"PROFILE_RECORDS: unknown record kind {r.kind}")
+    return ProfilePage(total, first, records)
 
 
 def encode_error(code: int, message: str) -> bytes:

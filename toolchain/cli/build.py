@@ -9,8 +9,10 @@ from toolchain.tflm.library import KERNEL_SETS
 
 @click.command("build")
 @click.argument("proj", type=click.Path(exists=True, file_okay=False, dir_okay=True))
-@click.option("--kernels", type=click.Choice(KERNEL_SETS), default="reference", show_default=True,
-              help="TFLM reference kernels, or CMSIS-NN optimized kernels where TFLM has them.")
+@click.option("--kernels", type=click.Choice(KERNEL_SETS), default=None,
+              help="TFLM reference kernels, or CMSIS-NN optimized kernels where TFLM has them "
+                   "[default: cmsis-nn on cores the board catalog says have it (Cortex-M4F/M7/M55), "
+                   "else reference].")
 @click.option("--tflm", type=click.Path(exists=True, file_okay=False), default=None,
               help="TFLM tree to use (default: the one `routevit setup-tflm` put in the cache).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None,

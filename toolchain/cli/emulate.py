@@ -9,6 +9,8 @@ import click
 
 from toolchain.emulate.project import BACKENDS
 
+PROFILE_IMAGES = 3  # `--profile`: images 0..2 (per-op counts do not depend on the image)
+
 
 def summary_lines(report: dict, out: Path | None) -> list[str]:
     """The few lines a person reads after an evaluation (stderr)."""
@@ -26,6 +28,14 @@ def summary_lines(report: dict, out: Path | None) -> list[str]:
         if counter.get("ms_at_clock"):
             line += f", ~{counter['ms_at_clock']['mean']:.1f} ms at {counter['clock_hz'] / 1e6:g} MHz"
         lines.append(line)
+    prof = report.get("profile")
+    if prof:
+        totals, agree = prof["totals"], prof["agreement"]
+        top = ", ".join(f"{g['op']} {100 * g['share']:.1f}%" for g in prof["by_op"][:4])
+        lines.append(f"profile of image {prof['image']}: {totals['ops']} ops, {totals['instructions']:,} "
+                     f"instructions for {totals['macs']:,} MACs ({totals['instructions_per_mac']} per MAC); "
+                     f"{top}; profile total vs INFER {100 * (agree['relative_difference'] or 0):+.3f}%, "
+                     f"profiler overhead {agree['profiler_overhead']:,}")
     if out is not None:
         lines.append(f"report: {out}/report.md")
     return lines
@@ -61,9 +71,14 @@ def selftest_summary(result: dict) -> list[str]:
 @click.option("--resume", is_flag=True,
               help="Continue a run that stopped (crash, timeout, Ctrl-C): keep the results already in "
                    "the report folder's device_results.jsonl and run only the remaining images.")
+@click.option("--profile", is_flag=True,
+              help="Also profile the first images op by op on the device (per-op instructions, MACs, "
+                   "instructions per MAC; a section and a chart in the report).")
+@click.option("--profile-images", type=click.IntRange(min=1), default=PROFILE_IMAGES, show_default=True,
+              help="With --profile: how many images (from image 0) to profile; counts are static.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def command(project, backend, data, limit, out, timeout_per_image, export_dir, no_build, selftest, jobs, resume,
-            as_json):
+            profile, profile_images, as_json):
     """Run PROJECT's firmware under QEMU or Renode on test images; write a report folder."""
     from toolchain.emulate.evaluation import emulate_project
     from toolchain.emulate.selftest import selftest_project
@@ -78,7 +93,8 @@ def command(project, backend, data, limit, out, timeout_per_image, export_dir, n
     out = out or (Path(project) / "reports" / backend)
     report = interruptible(lambda: emulate_project(
         project, backend=backend, data=data, limit=limit, out=out, timeout_per_image=timeout_per_image,
-        build=not no_build, export_dir=export_dir, jobs=jobs, resume=resume), out)
+        build=not no_build, export_dir=export_dir, jobs=jobs, resume=resume,
+        profile=profile_images if profile else 0), out)
     for line in summary_lines(report, out):
         click.echo(line, err=True)
     if as_json:
@@ -100,6 +116,8 @@ def _headline(report: dict) -> dict:
     keys = ("target", "board", "backend", "dataset", "images", "progress", "top1", "agreement_device_vs_host",
             "expert_counts_match_host", "counter", "memory", "experts", "wall_seconds")
     out = {k: report.get(k) for k in keys}
+    if report.get("profile"):
+        out["profile"] = {k: report["profile"][k] for k in ("totals", "agreement", "by_op", "by_stage")}
     if out.get("agreement_device_vs_host"):
         out["agreement_device_vs_host"] = {k: v for k, v in out["agreement_device_vs_host"].items()}
     return out
@@ -107,7 +125,7 @@ def _headline(report: dict) -> dict:
 
 def port_evaluation(project, port: str, data: str, limit: int | None, baud: int = 115200,
                     out: Path | None = None, export_dir: Path | None = None,
-                    resume: bool = False) -> tuple[dict, str]:
+                    resume: bool = False, profile: int = 0) -> tuple[dict, str]:
     """(JSON numbers, human text) of `routevit evaluate PROJ --port DEV`: the same session and
     report as `emulate`, against a board on a serial port."""
     from toolchain.emulate.evaluation import evaluate_on_port
@@ -115,5 +133,5 @@ def port_evaluation(project, port: str, data: str, limit: int | None, baud: int 
     out = Path(out) if out else Path(project) / "reports" / "board"
     report = interruptible(lambda: evaluate_on_port(
         Path(project), port=port, baud=baud, data=data, limit=limit or 200, out=out,
-        export_dir=Path(export_dir) if export_dir else None, resume=resume), out)
+        export_dir=Path(export_dir) if export_dir else None, resume=resume, profile=profile), out)
     return {"report_dir": str(out.resolve()), **_headline(report)}, "\n".join(summary_lines(report, out))

@@ -21,19 +21,24 @@ import click
               help="With --port: the export (EXP) PROJ was generated from, for the host reference.")
 @click.option("--resume", is_flag=True,
               help="With --port: continue a run that stopped, keeping the results already in the report folder.")
+@click.option("--profile", is_flag=True,
+              help="With --port: also profile images 0..2 op by op on the board (per-op instructions, MACs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-def command(target, backend, port, data, limit, baud, out, export_dir, resume, as_json):
+def command(target, backend, port, data, limit, baud, out, export_dir, resume, profile, as_json):
     """Top-1 of float / PTQ int8 / QAT int8, agreement, expert use and arena of TARGET."""
     from toolchain.errors import RoutevitError
 
     if (backend == "host") == (port is not None):
         raise RoutevitError("evaluate: give exactly one of --host (TARGET = EXP) or --port DEV "
                             "(TARGET = PROJ)")
+    if profile and port is None:
+        raise RoutevitError("evaluate: --profile needs --port DEV (the profile comes from the board); "
+                            "for an emulator use `routevit emulate PROJ --profile`")
     if port is not None:
-        from toolchain.cli.emulate import port_evaluation
+        from toolchain.cli.emulate import PROFILE_IMAGES, port_evaluation
 
         result, text = port_evaluation(target, port, data, limit, baud=baud, out=out, export_dir=export_dir,
-                                       resume=resume)
+                                       resume=resume, profile=PROFILE_IMAGES if profile else 0)
     else:
         from toolchain.hostref.evaluate import evaluate_host, format_table
 

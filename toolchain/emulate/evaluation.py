@@ -81,7 +81,8 @@ def _counter_kind(hello, backend: str | None) -> int | None:
 
 
 def build_record(project: Project, target: dict, dataset: str, labels, class_names, device: DeviceRun | None,
-                 host: dict | None, maps: list, notes: list[str], progress: dict | None = None) -> dict:
+                 host: dict | None, maps: list, notes: list[str], progress: dict | None = None,
+                 profile: dict | None = None) -> dict:
     """The report record (toolchain/report/writer.py) of the images `device` holds."""
     plan = project.plan
     logits_quant = None
@@ -106,6 +107,8 @@ def build_record(project: Project, target: dict, dataset: str, labels, class_nam
         "notes": notes,
         "progress": progress,
     }
+    if profile:
+        record["profile"] = profile
     if device is not None:
         record["device"] = {"logits": device.logits, "counts": device.counters, "expert_counts": device.expert_counts}
         record["hello"] = hello_json(hello) if hello is not None else None
@@ -119,9 +122,10 @@ def build_record(project: Project, target: dict, dataset: str, labels, class_nam
 
 def run_evaluation(open_link, project: Project, *, data: str, limit: int, out: Path | None,
                    timeout_per_image: float, hello_timeout: float = 30.0, progress: bool = True,
-                   jobs: int = 1, resume: bool = False, elf: Path | None = None) -> dict:
+                   jobs: int = 1, resume: bool = False, elf: Path | None = None, profile: int = 0) -> dict:
     """The one code path for QEMU, Renode and real boards. `open_link(worker)` opens the link of
-    one device; `jobs` devices run at once. Closes every link it opened."""
+    one device; `jobs` devices run at once. Closes every link it opened. `profile` > 0: after the
+    run, the first device profiles images 0..profile-1 op by op (INFER_PROFILE + PROFILE)."""
     from toolchain.report import build_report, write_report
 
     require_plan(project)
@@ -148,6 +152,10 @@ def run_evaluation(open_link, project: Project, *, data: str, limit: int, out: P
         target = {"backend": first.backend, "target": first.target}
         device = run_images(devices, images_q, journal, timeout_per_image=timeout_per_image, progress=progress,
                             label=f"{first.backend} inference" + (f" x{jobs}" if jobs > 1 else ""))
+        profile_table = None
+        if profile:
+            profile_table = devices.on_first(lambda session: _profile(session, project, images_q, device, profile,
+                                                                      timeout_per_image))
         host = host_reference(reference, images_u8, progress=progress)
         maps = devices.on_first(lambda session: device_routing_maps(session, host, project.plan, images_u8, labels))
         # Emulators end through semihosting; a real board stays up for the next run (its
@@ -187,10 +195,20 @@ def run_evaluation(open_link, project: Project, *, data: str, limit: int, out: P
         notes.append(why_not)
     progress_record = {"complete": True, "images_done": len(images_q), "images_requested": len(images_q),
                        "resumed_images": device.resumed, "jobs": device.jobs}
-    record = build_record(project, target, data, labels, class_names, device, host, maps, notes, progress_record)
+    record = build_record(project, target, data, labels, class_names, device, host, maps, notes, progress_record,
+                          profile=profile_table)
     if out is None:
         return build_report(record)
     return write_report(record, Path(out), keep=[journal.path])
+
+
+def _profile(session, project: Project, images_q, device: DeviceRun, count: int, timeout_s: float) -> dict:
+    from toolchain.emulate.profile import profile_images
+
+    unprofiled = dict(zip(device.indices, device.counters))
+    indices = [i for i in range(min(count, len(images_q)))]
+    log.info("%s: profiling images %s op by op", session.link.target, indices)
+    return profile_images(session, project.plan, images_q, indices, unprofiled, timeout_s)
 
 
 def _write_partial(project, target, data, labels, class_names, reference, images_u8, journal: Journal, hello,
@@ -224,7 +242,7 @@ def _emulator_links(project: Project, backend: str, elf: Path):
 
 def emulate_project(project_dir: Path, *, backend: str, data: str, limit: int, out: Path | None,
                     timeout_per_image: float = 60.0, build: bool = True, progress: bool = True,
-                    export_dir: Path | None = None, jobs: int = 1, resume: bool = False) -> dict:
+                    export_dir: Path | None = None, jobs: int = 1, resume: bool = False, profile: int = 0) -> dict:
     if jobs < 1:
         raise RoutevitError(f"--jobs {jobs}: must be at least 1")
     if resume and out is None:
@@ -234,16 +252,16 @@ def emulate_project(project_dir: Path, *, backend: str, data: str, limit: int, o
     elf = ensure_built(project) if build else project.elf
     return run_evaluation(_emulator_links(project, backend, elf), project, data=data, limit=limit, out=out,
                           timeout_per_image=timeout_per_image, progress=progress, jobs=jobs, resume=resume,
-                          elf=elf)
+                          elf=elf, profile=profile)
 
 
 def evaluate_on_port(project_dir: Path, *, port: str, baud: int, data: str, limit: int, out: Path | None,
                      timeout_per_image: float = 60.0, progress: bool = True,
-                     export_dir: Path | None = None, resume: bool = False) -> dict:
+                     export_dir: Path | None = None, resume: bool = False, profile: int = 0) -> dict:
     from toolchain.emulate.serialport import open_serial_port
 
     project = load_project(project_dir, export_dir)
     require_plan(project)
     return run_evaluation(lambda worker: open_serial_port(port, baud), project, data=data, limit=limit, out=out,
                           timeout_per_image=timeout_per_image, progress=progress, resume=resume,
-                          elf=project.elf if project.elf.is_file() else None)
+                          elf=project.elf if project.elf.is_file() else None, profile=profile)

@@ -279,7 +279,8 @@ class Session:
         except protocol.ProtocolError as exc:
             raise self._fail(f"ROUTE layer {layer}", str(exc)) from None
 
-    def infer(self, image_q: np.ndarray, what: str = "INFER", timeout_s: float | None = None) -> InferResult:
+    def infer(self, image_q: np.ndarray, what: str = "INFER", timeout_s: float | None = None,
+              msg_type: int = protocol.MsgType.INFER) -> InferResult:
         """Run one inference on an int8 input tensor whose size matches HELLO's input shape."""
         info = self._require_hello()
         data = np.ascontiguousarray(image_q)
@@ -299,7 +300,7 @@ class Session:
             raise RoutevitError(f"{what}: input of {data.size} bytes exceeds the firmware's max payload "
                                 f"{info.max_payload}; regenerate the project")
         start = time.monotonic()
-        frame = self.request(protocol.MsgType.INFER, data.tobytes(), what, timeout_s)
+        frame = self.request(msg_type, data.tobytes(), what, timeout_s)
         self._expect(frame, protocol.MsgType.RESULT, what)
         try:
             result = protocol.decode_result(frame.payload, info.routed_layers)
@@ -310,6 +311,28 @@ class Session:
         return InferResult(logits=np.asarray(result.logits, dtype=np.int8), counter=int(result.counter),
                            expert_counts=[list(map(int, c)) for c in result.expert_counts],
                            seconds=time.monotonic() - start)
+
+    def infer_profile(self, image_q: np.ndarray, what: str = "INFER_PROFILE",
+                      timeout_s: float | None = None) -> tuple[InferResult, list]:
+        """One inference with the device's per-op profiler on: (its RESULT, whose counter includes
+        the profiler's own cost, and every profile record, fetched with PROFILE page by page)."""
+        result = self.infer(image_q, what=what, timeout_s=timeout_s, msg_type=protocol.MsgType.INFER_PROFILE)
+        records: list = []
+        total = None
+        while total is None or len(records) < total:
+            frame = self.request(protocol.MsgType.PROFILE, protocol.encode_profile_request(len(records)),
+                                 f"PROFILE after {what}", timeout_s)
+            self._expect(frame, protocol.MsgType.PROFILE_RECORDS, "PROFILE")
+            try:
+                page = protocol.decode_profile_records(frame.payload)
+            except protocol.ProtocolError as exc:
+                raise self._fail(f"PROFILE after {what}", str(exc)) from None
+            if page.first != len(records) or (not page.records and page.total > len(records)):
+                raise self._fail(f"PROFILE after {what}", f"asked for records from {len(records)}, got "
+                                 f"{len(page.records)} from {page.first} of {page.total}")
+            total = page.total
+            records.extend(page.records)
+        return result, records
 
     def stop(self, exit_code: int = 0, timeout_s: float = 5.0) -> bool:
         """Ask the firmware to end (QEMU then exits through semihosting). True if it said STOPPED."""

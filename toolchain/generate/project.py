@@ -140,6 +140,12 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
                         "routes_after": routes_after})
 
     arena = arena_plan(plan, margin_pct)
+    # Profiler records of one INFER_PROFILE: each op of each segment, inputs/Invoke/outputs per
+    # segment, one per routed layer.
+    from toolchain.export.tflm_check import operators
+
+    op_counts = [len(operators(seg.data)) for seg in plan.segments]
+    profile = {"op_counts": op_counts, "max_records": sum(n + 3 for n in op_counts) + len(layers)}
     shape = [int(v) for v in plan.input.shape]
     input_bytes = math.prod(shape)
     result_bytes = 10 + plan.num_classes + sum(2 * layer.num_experts for layer in layers)
@@ -149,7 +155,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     ctx = base_context(board, plan.sha256, [dict(layer.to_dict(), name=layer.label) for layer in layers],
                        extra_payload=max(input_bytes, result_bytes), stack_bytes=stack_bytes)
     ctx.update({
-        "segments": seg_ctx, "stages": stages, "arena": arena, "ops": ops, "op_methods": tflm_op_methods(),
+        "segments": seg_ctx, "stages": stages, "arena": arena, "profile": profile, "ops": ops, "op_methods": tflm_op_methods(),
         "own_kernels": render.own_kernels(ops),
         "own_kernel_sources": sorted(src for entry in render.own_kernels(ops).values()
                                      for src in entry["sources"] if src.endswith(".cc")),
@@ -172,6 +178,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     routing_bytes = sum(4 * l.slots + 4 * l.choices + 2 * l.num_experts for l in layers)
     routing_bytes += 4 * ctx["max_dispatch_slots"] + 4 * ctx["max_combine_slots"] + 2 * ctx["max_experts"]
     budget.add("routing index buffers (dispatch, combine, counts)", routing_bytes, "ram")
+    budget.add(f"profiler records ({profile['max_records']} x 8 bytes)", 8 * profile["max_records"], "ram")
     budget.add("protocol buffers (frame parser + answer)", 2 * ctx["max_payload"] + 16, "ram")
     budget.add("stack (incl. interpreters and op resolver in main())", stack_bytes, "ram")
     budget.add("other statics", OTHER_STATICS_BYTES, "ram", estimate=True)

@@ -160,3 +160,34 @@ def routing_map_figure(path: Path, maps: list[dict], layer_names: list[str], num
     fig.suptitle("Routing map: the expert each patch went to", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     return _save(fig, path)
+
+
+def profile_figure(path: Path, by_op: list[dict], by_layer: list[dict], counter_label: str,
+                   top_layers: int = 20) -> str:
+    """Where the instructions go: horizontal bars per op type and per layer (largest first),
+    labelled with each bar's share and, for MAC ops, instructions per MAC."""
+    layers = by_layer[:top_layers]
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.5, 0.3 * max(len(by_op), len(layers)) + 1.2)))
+    for ax, groups, key, title in ((axes[0], by_op, "op", "per op type"),
+                                   (axes[1], layers, "layer", f"per layer (top {len(layers)})")):
+        names = [g[key] for g in groups][::-1]
+        values = [g["instructions"] for g in groups][::-1]
+        colours = ["tab:blue" if g["macs"] else ("tab:gray" if g.get("stage") == "glue" or str(g[key]).startswith("(")
+                                                  else "tab:orange") for g in groups][::-1]
+        ax.barh(range(len(values)), values, color=colours)
+        ax.set_yticks(range(len(values)), names, fontsize=8)
+        for y, g in enumerate(groups[::-1]):
+            label = f" {100 * (g['share'] or 0):.1f}%"
+            if g.get("instructions_per_mac"):
+                label += f", {g['instructions_per_mac']:.2f}/MAC"
+            ax.text(g["instructions"], y, label, va="center", fontsize=7)
+        ax.set_xlabel(counter_label)
+        ax.set_title(title, fontsize=10)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.EngNormalizer() if hasattr(matplotlib.ticker, "EngNormalizer")
+                                     else matplotlib.ticker.EngFormatter())
+        ax.margins(x=0.25)
+    fig.legend(handles=[Patch(color="tab:blue", label="ops with MACs"), Patch(color="tab:orange", label="other ops"),
+                        Patch(color="tab:gray", label="between ops")], loc="lower right", fontsize=8)
+    fig.suptitle(f"Where the {counter_label} go (one inference)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)

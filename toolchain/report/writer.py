@@ -79,6 +79,9 @@ def build_report(record: dict) -> dict:
         "progress": record.get("progress"),
         "notes": list(record.get("notes") or []),
     }
+    if record.get("profile"):
+        # per-op profile of the device (toolchain/emulate/profile.py profile_table)
+        report["profile"] = record["profile"]
 
     accuracy = {"device": None, "host_int8": None, "float": None}
     predictions = {}
@@ -266,6 +269,11 @@ def render_markdown(report: dict, figures_written: dict[str, str]) -> str:
             lines.append(f"| {layer['name']} | {layer['num_patches']} | {layer['num_experts']} x {layer['capacity']} "
                          f"| {' / '.join(str(c) for c in layer['patches_per_expert'])} | {dropped} |")
         lines.append("")
+    if report.get("profile"):
+        lines += profile_markdown(report["profile"], COUNTER_SHORT.get((report.get("hello") or {}).get("counter_kind"),
+                                                                       "instructions"))
+        if "profile" in figures_written:
+            lines += [f"![Where the instructions go]({figures_written['profile']})", ""]
     for title, key in (("Accuracy and cost", "accuracy"), ("Routing map", "routing_map"),
                        ("Patches per expert", "experts"), ("Confusion matrix", "confusion")):
         if key in figures_written:
@@ -273,6 +281,49 @@ def render_markdown(report: dict, figures_written: dict[str, str]) -> str:
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _ipm(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def profile_markdown(profile: dict, unit: str = "instructions", top_ops: int = 25) -> list[str]:
+    """The report's per-op profile section (also used by benchmarks/profile_fmnist.py)."""
+    totals, agree = profile["totals"], profile["agreement"]
+    diff = "-" if agree["relative_difference"] is None else f"{100 * agree['relative_difference']:+.3f}%"
+    lines = [f"## Per-op profile (image {profile.get('image', 0)}, {unit})", "",
+             f"{totals['ops']} ops; {totals['instructions']:,} {unit} in the profile for {totals['macs']:,} MACs: "
+             f"**{_ipm(totals['instructions_per_mac'])} {unit} per MAC** overall, "
+             f"{_ipm(totals['mac_op_instructions_per_mac'])} in the MAC ops alone. {profile['mac_rule']}.", "",
+             "| | " + unit + " |", "|---|---|",
+             f"| whole inference (INFER, profiler off) | {_fmt_int(agree['unprofiled_counter'])} |",
+             f"| profile total (ops + TFLM interpreter + staging + routing) | {_fmt_int(agree['profile_total'])} |",
+             f"| profile total vs INFER | {diff} |",
+             f"| INFER_PROFILE whole count (profiler on) | {_fmt_int(agree['profiled_counter'])} |",
+             f"| profiler overhead (INFER_PROFILE - INFER) | {_fmt_int(agree['profiler_overhead'])} |", ""]
+    lines += ["### By op type", "", f"| op | ops | {unit} | share | MACs | {unit}/MAC | elements |",
+              "|---|---|---|---|---|---|---|"]
+    for g in profile["by_op"]:
+        lines.append(f"| {g['op']} | {g['ops']} | {g['instructions']:,} | {100 * (g['share'] or 0):.1f}% "
+                     f"| {g['macs']:,} | {_ipm(g['instructions_per_mac'])} | {g['elements']:,} |")
+    lines += ["", "### By stage", "", f"| stage | ops | {unit} | share | MACs | {unit}/MAC |", "|---|---|---|---|---|---|"]
+    for g in profile["by_stage"]:
+        lines.append(f"| {g['stage']} | {g['ops']} | {g['instructions']:,} | {100 * (g['share'] or 0):.1f}% "
+                     f"| {g['macs']:,} | {_ipm(g['instructions_per_mac'])} |")
+    lines += ["", f"### Top {top_ops} layers", "", f"| layer | ops | {unit} | share | MACs | {unit}/MAC |",
+              "|---|---|---|---|---|---|"]
+    for g in profile["by_layer"][:top_ops]:
+        lines.append(f"| {g['layer']} | {g['ops']} | {g['instructions']:,} | {100 * (g['share'] or 0):.1f}% "
+                     f"| {g['macs']:,} | {_ipm(g['instructions_per_mac'])} |")
+    rows = sorted(profile["rows"], key=lambda r: -r["instructions"])[:top_ops]
+    lines += ["", f"### Top {top_ops} ops (all {totals['ops']} in report.json `profile.rows`)", "",
+              f"| segment | op | type | layer | output | {unit} | MACs | {unit}/MAC |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['segment']} | {r['op_index']} | {r['op']} | {r['layer']} | "
+                     f"{'x'.join(map(str, r['output_shape']))} | {r['instructions']:,} | {r['macs']:,} "
+                     f"| {_ipm(r['instructions_per_mac'])} |")
+    lines.append("")
+    return lines
 
 
 def _flatten(mapping: dict, prefix: str = ""):
@@ -319,6 +370,10 @@ def _draw_figures(out: Path, report: dict, record: dict) -> dict[str, str]:
         written["routing_map"] = figures.routing_map_figure(
             out / "routing_map.png", prepared, layer_names,
             [int(l.get("num_experts", 0)) for l in routed_layers], record.get("class_names") or [])
+    profile = report.get("profile")
+    if profile:
+        written["profile"] = figures.profile_figure(out / "profile.png", profile["by_op"], profile["by_layer"],
+                                                    COUNTER_SHORT.get(counter_kind, "instructions"))
     confusion = report.get("confusion_matrix")
     if confusion:
         written["confusion"] = figures.confusion_figure(
