@@ -183,8 +183,7 @@ def profile_figure(path: Path, by_op: list[dict], by_layer: list[dict], counter_
             ax.text(g["instructions"], y, label, va="center", fontsize=7)
         ax.set_xlabel(counter_label)
         ax.set_title(title, fontsize=10)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.EngNormalizer() if hasattr(matplotlib.ticker, "EngNormalizer")
-                                     else matplotlib.ticker.EngFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
         ax.margins(x=0.25)
     fig.legend(handles=[Patch(color="tab:blue", label="ops with MACs"), Patch(color="tab:orange", label="other ops"),
                         Patch(color="tab:gray", label="between ops")], loc="lower right", fontsize=8)
