@@ -223,7 +223,8 @@ def test_cmake_builds_the_selftest(tiny_exp, tmp_path):
 
 @pytest.mark.tflm
 @pytest.mark.qemu
-def test_firmware_on_qemu_equals_the_tflm_wheel(tiny_exp, tmp_path):
+@pytest.mark.parametrize("kernels", ["reference", "cmsis-nn"])
+def test_firmware_on_qemu_equals_the_tflm_wheel(tiny_exp, tmp_path, kernels):
     """The model firmware, built against a cached TFLM library, gives the host reference's (the
     tflite-micro wheel's) logits bit for bit."""
     from toolchain.boards import get_board
@@ -242,7 +243,8 @@ def test_firmware_on_qemu_equals_the_tflm_wheel(tiny_exp, tmp_path):
     out = tmp_path / "PROJ"
     assert run("generate", tiny_exp, "--board", "mps2-an386", "--out", out).exit_code == 0
     project = json.loads((out / "project.json").read_text())
-    library = build_library(tree, LibrarySpec(project["core"], project["cpu_flags"], project["ops"]), progress=False)
+    library = build_library(tree, LibrarySpec(project["core"], project["cpu_flags"], project["ops"], kernels=kernels),
+                            progress=False)
     made = subprocess.run(["make", "-C", str(out), "firmware", *[f"{k}={v}" for k, v in library.make_variables().items()]],
                           capture_output=True, text=True)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
@@ -308,7 +310,8 @@ def test_routed_plan_generates_static_routing_buffers(routed_exp, routed_ptq_exp
 
 @pytest.mark.tflm
 @pytest.mark.qemu
-def test_routed_firmware_on_qemu_equals_the_host_reference(routed_ptq_exp, tmp_path):
+@pytest.mark.parametrize("kernels", ["reference", "cmsis-nn"])
+def test_routed_firmware_on_qemu_equals_the_host_reference(routed_ptq_exp, tmp_path, kernels):
     """Two segments, integer routing and requantized boundaries on QEMU == host reference
     (wheel + numpy), bit for bit. (The QAT export is covered by test_emulate's int8 project.)"""
     from toolchain.boards import get_board
@@ -329,7 +332,8 @@ def test_routed_firmware_on_qemu_equals_the_host_reference(routed_ptq_exp, tmp_p
     out = tmp_path / "PROJ"
     assert run("generate", routed_exp, "--board", "mps2-an500", "--out", out).exit_code == 0
     project = json.loads((out / "project.json").read_text())
-    library = build_library(tree, LibrarySpec(project["core"], project["cpu_flags"], project["ops"]), progress=False)
+    library = build_library(tree, LibrarySpec(project["core"], project["cpu_flags"], project["ops"], kernels=kernels),
+                            progress=False)
     made = subprocess.run(["make", "-C", str(out), "firmware", *[f"{k}={v}" for k, v in library.make_variables().items()]],
                           capture_output=True, text=True)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
