@@ -200,11 +200,9 @@ def renode_model_projects(int8_artifacts, tmp_path_factory):
 @pytest.mark.tflm
 @pytest.mark.parametrize("board", [
     "mps2-an386",
-    # Known broken: the model firmware calls abort() (ROUTEVIT-STOP 5) before answering HELLO on
-    # Renode's cortex-m7 STM32F746 platform; the self-test build runs there. Strict: passing
-    # again fails the test, so the mark is removed when it is fixed.
-    pytest.param("stm32f746g-disco", marks=pytest.mark.xfail(
-        strict=True, reason="model firmware aborts at start-up under Renode cortex-m7 (under investigation)")),
+    # Built for the FPv4-SP subset (toolchain/catalog/boards.json cortex-m7-sp): with fpv5-d16 the
+    # firmware failed in AllocateTensors here, Renode's Cortex-M7 lacking FPv5's VRINT/VSEL.
+    "stm32f746g-disco",
 ])
 def test_routed_firmware_on_renode_is_bit_exact_with_host(board, renode_model_projects, tmp_path):
     export, projects, data = renode_model_projects
