@@ -175,3 +175,20 @@ def fmnist_routed_export(tmp_path_factory):
         result = run_routevit(*step, timeout=3600)
         assert result.returncode == 0, f"routevit {step[0]}: {result.stderr[-2000:]}"
     return root / "exp"
+
+
+def generate_selftest_project(board_id: str, dest: Path) -> Path:
+    """A generated project without a model, built with `make selftest` (no TFLM)."""
+    import json
+
+    from toolchain.boards import get_board
+    from toolchain.generate import project as generate_project
+
+    dest.mkdir(parents=True, exist_ok=True)
+    board = get_board(board_id)
+    generate_project.render_selftest_project(board, dest)
+    if not (dest / "project.json").is_file():
+        (dest / "project.json").write_text(json.dumps({"format": "routevit-project/1", "board": board_id,
+                                                       "clock_hz": board.clock_hz, "qemu": board.qemu}))
+    subprocess.run(["make", "-C", str(dest), "selftest"], check=True, capture_output=True)
+    return dest

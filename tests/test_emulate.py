@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, error_lines, run_routevit
+from conftest import REPO, error_lines, generate_selftest_project, run_routevit
 from toolchain import protocol
 from toolchain.errors import RoutevitError
 
@@ -61,21 +61,6 @@ def wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def generate_selftest_project(board_id: str, dest: Path) -> Path:
-    """A generated project without a model, built with `make selftest` (no TFLM)."""
-    from toolchain.boards import get_board
-    from toolchain.generate import project as generate_project
-
-    dest.mkdir(parents=True, exist_ok=True)
-    board = get_board(board_id)
-    generate_project.render_selftest_project(board, dest)
-    if not (dest / "project.json").is_file():
-        (dest / "project.json").write_text(json.dumps({"format": "routevit-project/1", "board": board_id,
-                                                       "clock_hz": board.clock_hz, "qemu": board.qemu}))
-    subprocess.run(["make", "-C", str(dest), "selftest"], check=True, capture_output=True)
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import error_lines, run_routevit
+from conftest import error_lines, generate_selftest_project, run_routevit
 from toolchain.emulate import renode
 from toolchain.errors import RoutevitError
 
@@ -36,21 +35,6 @@ SELFTEST_BOARDS = ["mps2-an386", "stm32f746g-disco", "nrf52840-dk", "stm32f4-dis
 MODEL_BOARDS = ["mps2-an386", "stm32f746g-disco"]
 MODEL_IMAGES = 5
 USER_CACHE = os.environ.get("ROUTEVIT_CACHE") or str(Path.home() / ".cache" / "routevit")
-
-
-def generate_selftest_project(board_id: str, dest: Path) -> Path:
-    """A generated project without a model, built with `make selftest` (no TFLM)."""
-    from toolchain.boards import get_board
-    from toolchain.generate import project as generate_project
-
-    dest.mkdir(parents=True, exist_ok=True)
-    board = get_board(board_id)
-    generate_project.render_selftest_project(board, dest)
-    if not (dest / "project.json").is_file():
-        (dest / "project.json").write_text(json.dumps({"format": "routevit-project/1", "board": board_id,
-                                                       "clock_hz": board.clock_hz, "qemu": board.qemu}))
-    subprocess.run(["make", "-C", str(dest), "selftest"], check=True, capture_output=True)
-    return dest
 
 
 @pytest.fixture(scope="module")
