@@ -43,13 +43,18 @@ def handmade_project(path: Path, ops=("RESHAPE",), **extra) -> Path:
 
 # -- without a TFLM tree --------------------------------------------------------------------------
 
-def test_build_without_a_tree_says_to_run_setup_tflm(tmp_path):
+def test_build_without_a_tree_and_no_way_to_get_one_says_how(tmp_path):
+    """No tree, no local copies, and cloning fails (a mirror that does not exist): one error line
+    naming both ways to get TFLM; nothing is written."""
     proj = handmade_project(tmp_path / "proj")
-    result = run_routevit("build", proj, env={"ROUTEVIT_CACHE": str(tmp_path / "empty-cache")}, timeout=120)
+    result = run_routevit("build", proj, env={"ROUTEVIT_CACHE": str(tmp_path / "empty-cache"), "ROUTEVIT_TFLM_FROM": "",
+                                              "ROUTEVIT_TFLM_GIT_URL": f"file://{tmp_path}/none/{{owner}}/{{name}}.git"},
+                          timeout=120)
     assert result.returncode == 2
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "no TFLM tree set up" in lines[0] and "`routevit setup-tflm`" in lines[0]
-    assert not (proj / "build").exists()
+    lines = [line for line in error_lines(result.stderr) if line.startswith("Error:")]
+    assert len(lines) == 1 and "no TFLM tree set up" in lines[0] and "cloning it failed too" in lines[0]
+    assert "ROUTEVIT_TFLM_FROM=DIR" in lines[0] and "`routevit setup-tflm --from PATH`" in lines[0]
+    assert not (proj / "build").exists() and list((tmp_path / "empty-cache").rglob("tree.json")) == []
 
 
 def test_build_with_a_path_that_is_no_tflm_tree(tmp_path):
