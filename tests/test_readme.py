@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.tflm, pytest.mark.qemu, pytest.mark.
 TINY_FMNIST = {
     "name": "readme_tiny_routed",
     "model": {"width_multiplier": 0.25, "num_classes": 10, "image_size": 28, "in_channels": 1,
-              "strides": [1, 1, 1, 2, 2, 2], "transformer_depths": [1, 1, 1],
+              "strides": [2, 1, 2, 2, 1, 1], "transformer_depths": [1, 1, 1],
               "moe": {"layers": ["layer4.0"], "num_experts": 2, "expert_hidden": 16, "capacity_factor": 1.0}},
     "training": {"batch_size": 32, "epochs": 1, "learning_rate": 0.003, "seed": 0},
 }
