@@ -120,17 +120,17 @@ def main() -> None:
             summary[f"{backend}_bit_exact"] = int(sum(np.array_equal(run["logits"][i], host[i])
                                                       for i in range(len(images_q))))
             summary[f"{backend}_firmware_count_mean"] = float(np.mean(run["counts"]))
-        executed = [r["renode_executed_instructions"] for r in rows if r["board"] == board]
+        executed = [r["renode_executed_instructions"] for r in rows if r.get("board") == board]
         if all(e is not None for e in executed):
             summary["renode_executed_mean"] = float(np.mean(executed))
             summary["renode_executed_vs_renode_firmware_max_abs"] = int(max(
-                abs(r["renode_executed_instructions"] - r["renode_firmware_count"]) for r in rows if r["board"] == board))
+                abs(r["renode_executed_instructions"] - r["renode_firmware_count"]) for r in rows if r.get("board") == board))
             if "qemu" in runs:
                 summary["renode_executed_vs_qemu_firmware_max_abs"] = int(max(
-                    abs(r["renode_executed_instructions"] - r["qemu_firmware_count"]) for r in rows if r["board"] == board))
+                    abs(r["renode_executed_instructions"] - r["qemu_firmware_count"]) for r in rows if r.get("board") == board))
         if "qemu" in runs:
             summary["renode_firmware_vs_qemu_firmware_max_abs"] = int(max(
-                abs(r["renode_firmware_count"] - r["qemu_firmware_count"]) for r in rows if r["board"] == board))
+                abs(r["renode_firmware_count"] - r["qemu_firmware_count"]) for r in rows if r.get("board") == board))
         rows_summary = summary
         log.info("%s", json.dumps(rows_summary))
         rows.append({"summary": rows_summary})
