@@ -221,9 +221,11 @@ def test_generated_project_builds_for_each_board(board, tiny_export, tmp_path):
 
 @pytest.mark.tflm
 @pytest.mark.slow
-@pytest.mark.parametrize("kernels", ["reference", "cmsis-nn"])
+@pytest.mark.parametrize("kernels", ["cmsis-nn"])
 def test_every_op_in_the_kernel_table_links(kernels, tmp_path):
-    """A library with all 100 ops of kernels.json and a program registering each: no missing symbol."""
+    """A library with all 100 ops of kernels.json and a program registering each: no missing symbol.
+    With the default CMSIS-NN kernels (every op without a CMSIS-NN variant uses its reference
+    source there too); the all-reference library is another 10+ minutes of CI on 2 cores."""
     from toolchain.tflm.library import LibrarySpec, build_library, kernel_table
 
     tree = tflm_tree()
