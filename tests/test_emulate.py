@@ -253,8 +253,11 @@ def test_frozen_qemu_times_out_and_is_reaped(qemu_link):
     assert wait_dead(pid), "a stopped QEMU must still be killed"
 
 
+# A program started in the background by a non-interactive shell (as CI may start the tests)
+# inherits SIGINT as ignored; a user's Ctrl-C reaches a program whose SIGINT is the default.
 REAPER_SCRIPT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from toolchain.emulate.qemu import open_qemu
     from toolchain.emulate.session import Session
     link = open_qemu(sys.argv[1], "mps2-an386")
