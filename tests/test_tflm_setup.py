@@ -241,8 +241,8 @@ def test_a_plain_folder_must_say_its_version(stand_ins, tmp_path):
     assert json.loads(result.stdout)["pieces"]["gemmlowp"]["verified"] == "folder name"
 
 
-@pytest.mark.skipif(mirror_root() is None, reason="no local TFLM copies at /work/.mirror "
-                    "(set ROUTEVIT_TFLM_MIRROR to a folder of owner+name/repo bare git dirs)")
+@pytest.mark.skipif(mirror_root() is None, reason="no local TFLM copies: set ROUTEVIT_TFLM_FROM=DIR (CI: "
+                    "../shared/third_party) or ROUTEVIT_TFLM_MIRROR to a folder of owner+name/repo bare git dirs")
 def test_setup_the_real_tree_from_the_mirrors(tmp_path):
     cache = tmp_path / "cache"
     started = time.monotonic()
