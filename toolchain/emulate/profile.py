@@ -66,12 +66,6 @@ def stage_of(layer: str) -> str:
     return "other"
 
 
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    return schema
-
-
 def flatbuffer_ops(data: bytes, segment: int, output_layers=()) -> list[OpInfo]:
     """Every operator of subgraph 0, in execution order, with its MACs. An op's layer comes from
     its output tensor's name; a segment output is named after its signature, so its layer is the
@@ -80,26 +74,18 @@ def flatbuffer_ops(data: bytes, segment: int, output_layers=()) -> list[OpInfo]:
     (its consumer), or of the previous one at the end of a segment."""
     import numpy as np
 
-    from toolchain.export.tflm_check import builtin_names
+    from toolchain.export.flatbuffer import read_graph, schema
 
-    schema = _schema()
-    names = builtin_names()
-    model = schema.Model.GetRootAsModel(data, 0)
-    graph = model.Subgraphs(0)
+    graph = read_graph(data)
 
     def shape(t: int) -> tuple[int, ...]:
-        return tuple(int(v) for v in graph.Tensors(t).ShapeAsNumpy()) if t >= 0 else ()
+        return graph.tensors[t].shape if t >= 0 else ()
 
-    graph_outputs = {int(graph.Outputs(j)): j for j in range(graph.OutputsLength())}
+    graph_outputs = {t: j for j, t in enumerate(graph.outputs)}
     out = []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        name = names.get(builtin, f"BUILTIN_{builtin}")
-        inputs = [op.Inputs(j) for j in range(op.InputsLength())]
-        outputs = [op.Outputs(j) for j in range(op.OutputsLength()) if op.Outputs(j) >= 0]
-        out_names = tuple(graph.Tensors(t).Name().decode() for t in outputs)
+    for i, op in enumerate(graph.ops):
+        name, inputs, outputs = op.name, op.inputs, op.outputs
+        out_names = tuple(graph.tensors[t].name for t in outputs)
         out_shape = shape(outputs[0]) if outputs else ()
         elements = int(np.prod(out_shape)) if out_shape else (1 if outputs else 0)
         macs = 0
@@ -113,10 +99,9 @@ def flatbuffer_ops(data: bytes, segment: int, output_layers=()) -> list[OpInfo]:
             macs = elements * shape(inputs[1])[-1]
         elif name == "BATCH_MATMUL":
             adj_x = False
-            table = op.BuiltinOptions()
-            if table is not None:
-                options = schema.BatchMatMulOptions()
-                options.Init(table.Bytes, table.Pos)
+            if op.options is not None:
+                options = schema().BatchMatMulOptions()
+                options.Init(op.options.Bytes, op.options.Pos)
                 adj_x = bool(options.AdjX())
             a = shape(inputs[0])
             macs = elements * (a[-2] if adj_x else a[-1])

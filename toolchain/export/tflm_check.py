@@ -11,40 +11,24 @@ from __future__ import annotations
 import re
 
 from toolchain.errors import RoutevitError
+from toolchain.export import flatbuffer
 
 DYNAMIC_SHAPE_OPS = frozenset({"SHAPE", "REDUCE_PROD", "FILL", "PACK", "UNPACK", "RANGE",
                                "BROADCAST_ARGS", "BROADCAST_TO", "WHERE"})
 
 
 def builtin_names() -> dict:
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return flatbuffer.builtin_names()
 
 
-def operators(flatbuffer: bytes) -> list:
+def operators(data: bytes) -> list:
     """[(op name, [output tensor names])] of subgraph 0 in execution order."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    names = builtin_names()
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    graph = model.Subgraphs(0)
-    ops = []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        name = names.get(builtin, f"BUILTIN_{builtin}")
-        if name == "CUSTOM":
-            name = f"CUSTOM:{(code.CustomCode() or b'').decode()}"
-        outputs = [graph.Tensors(op.Outputs(j)).Name().decode() for j in range(op.OutputsLength())
-                   if op.Outputs(j) >= 0]
-        ops.append((name, outputs))
-    return ops
+    graph = flatbuffer.read_graph(data)
+    return [(op.name, [graph.tensors[t].name for t in op.outputs]) for op in graph.ops]
 
 
-def op_names(flatbuffer: bytes) -> list:
-    return sorted({name for name, _ in operators(flatbuffer)})
+def op_names(data: bytes) -> list:
+    return sorted({name for name, _ in operators(data)})
 
 
 def layer_of(tensor_names, layer_names) -> str:
@@ -59,18 +43,18 @@ def layer_of(tensor_names, layer_names) -> str:
     return tensor_names[0] if tensor_names else "?"
 
 
-def check_segment(flatbuffer: bytes, label: str, layer_names) -> object:
+def check_segment(data: bytes, label: str, layer_names) -> object:
     """Refuse the segment (RoutevitError) unless TFLM can run it; returns the loaded interpreter."""
     from toolchain.hostref import tflm
 
-    ops = operators(flatbuffer)
+    ops = operators(data)
     for name, outputs in ops:
         if name in DYNAMIC_SHAPE_OPS or name.startswith("CUSTOM"):
             raise RoutevitError(
                 f"{label}: op {name} (from layer {layer_of(outputs, layer_names)}) "
                 f"{'is a dynamic-shape op' if name in DYNAMIC_SHAPE_OPS else 'is a custom op'} "
                 "that TFLite Micro cannot run; build the model with batch_size=1 and static shapes")
-    interp, messages = tflm.load(flatbuffer)
+    interp, messages = tflm.load(data)
     if interp is not None:
         return interp
     missing = re.search(r"Didn't find op for builtin opcode '(\w+)'", messages)

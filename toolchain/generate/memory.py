@@ -88,6 +88,7 @@ def report_markdown(budget: MemoryBudget, header_lines: list[str], details: dict
     arena = details["arena"]
     lines += ["## Tensor arena", "",
               f"- measured on the host: {arena['measured_bytes']:,} bytes ({arena['basis']})",
+              f"- routevit's own kernels (tables, op data): {arena.get('own_kernel_bytes', 0):,} bytes",
               f"- margin: {arena['margin_pct']:g}% -> arena {arena['bytes']:,} bytes",
               "- the host measurement runs on a 64-bit host, whose persistent TFLM structures are larger "
               "than on the 32-bit target, so it errs on the safe side", ""]

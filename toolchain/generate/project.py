@@ -92,9 +92,23 @@ def arena_plan(plan: Plan, margin_pct: float) -> dict:
     else:
         measured = sum(s.arena_bytes for s in plan.segments)
         basis = ("sum of the segments' arenas" if len(plan.segments) > 1 else "the segment's arena")
+    own = own_kernel_arena_bytes(plan)
     # 16 bytes of alignment slack per interpreter on top of the margin
-    total = _align(math.ceil(measured * (1.0 + margin_pct / 100.0)) + 16 * len(plan.segments))
-    return {"measured_bytes": measured, "basis": basis, "margin_pct": margin_pct, "bytes": total}
+    total = _align(math.ceil((measured + own) * (1.0 + margin_pct / 100.0)) + 16 * len(plan.segments))
+    return {"measured_bytes": measured, "basis": basis, "own_kernel_bytes": own, "margin_pct": margin_pct,
+            "bytes": total}
+
+
+def own_kernel_arena_bytes(plan: Plan) -> int:
+    """What routevit's own kernels add to the arena beyond TFLM's kernels (render.OWN_KERNEL_BYTES)."""
+    from toolchain.export.flatbuffer import read_graph, silu_muls
+
+    total = 0
+    for seg in plan.segments:
+        graph = read_graph(seg.data)
+        total += sum(render.OWN_KERNEL_BYTES.get(op.name, 0) for op in graph.ops)
+        total += render.SILU_TABLE_BYTES * len(silu_muls(graph))
+    return total
 
 
 def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, memory.MemoryBudget, dict]:
@@ -157,8 +171,8 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     ctx.update({
         "segments": seg_ctx, "stages": stages, "arena": arena, "profile": profile, "ops": ops, "op_methods": tflm_op_methods(),
         "own_kernels": render.own_kernels(ops),
-        "own_kernel_sources": sorted(src for entry in render.own_kernels(ops).values()
-                                     for src in entry["sources"] if src.endswith(".cc")),
+        "own_kernel_sources": sorted({src for entry in render.own_kernels(ops).values()
+                                      for src in entry["sources"] if src.endswith(".cc")}),
         "num_classes": plan.num_classes,
         "logits": {"stage": stage[(plan.logits.segment, plan.logits.output)]},
         "input": {"shape": shape, "bytes": input_bytes, "scale_literal": _float_literal(float(plan.input.scale)),

@@ -39,7 +39,20 @@ MODEL_ONLY = {"src/tflm_glue.h", "src/main.cc", "src/model_data.cc", "src/model_
 OWN_KERNELS = {
     "SUB": {"sources": ("src/sub_kernel.h", "src/sub_kernel.cc"), "header": "sub_kernel.h",
             "registration": "routevit::Register_SUB_DOUBLE_SCALE()"},
+    "LOGISTIC": {"sources": ("src/logistic_lut_kernel.h", "src/logistic_lut_kernel.cc"),
+                 "header": "logistic_lut_kernel.h", "registration": "routevit::Register_LOGISTIC_LUT()"},
+    # the SiLU table comes from the LOGISTIC kernel's, so MUL carries that kernel's sources too
+    "MUL": {"sources": ("src/mul_kernel.h", "src/mul_kernel.cc", "src/logistic_lut_kernel.h",
+                        "src/logistic_lut_kernel.cc"),
+            "header": "mul_kernel.h", "registration": "routevit::Register_MUL_SILU_LUT()"},
 }
+
+# Persistent arena bytes each of routevit's own kernels allocates per op beyond what TFLM's own
+# kernel for that op does (the host measures the arena with TFLM's kernels): op data rounded up
+# to TFLM's 16-byte persistent alignment; the kernels static_assert their op data fits. A SiLU
+# MUL also allocates its 256-entry table (SILU_TABLE_BYTES).
+OWN_KERNEL_BYTES = {"LOGISTIC": 272, "MUL": 16, "SUB": 0}
+SILU_TABLE_BYTES = 256
 
 # Board UART kind -> the driver template rendered as src/board/uart.c
 UART_TEMPLATES = {
@@ -55,6 +68,7 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(str(PROJECT_TEMPLATES)),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.globals["own_kernel_bytes"] = OWN_KERNEL_BYTES
     return env
 
 
