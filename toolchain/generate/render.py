@@ -45,13 +45,17 @@ OWN_KERNELS = {
     "MUL": {"sources": ("src/mul_kernel.h", "src/mul_kernel.cc", "src/logistic_lut_kernel.h",
                         "src/logistic_lut_kernel.cc"),
             "header": "mul_kernel.h", "registration": "routevit::Register_MUL_SILU_LUT()"},
+    "MEAN": {"sources": ("src/reduce_kernel.h", "src/reduce_kernel.cc"), "header": "reduce_kernel.h",
+             "registration": "routevit::Register_MEAN_CONTIGUOUS()"},
+    "SUM": {"sources": ("src/reduce_kernel.h", "src/reduce_kernel.cc"), "header": "reduce_kernel.h",
+            "registration": "routevit::Register_SUM_CONTIGUOUS()"},
 }
 
 # Persistent arena bytes each of routevit's own kernels allocates per op beyond what TFLM's own
 # kernel for that op does (the host measures the arena with TFLM's kernels): op data rounded up
 # to TFLM's 16-byte persistent alignment; the kernels static_assert their op data fits. A SiLU
 # MUL also allocates its 256-entry table (SILU_TABLE_BYTES).
-OWN_KERNEL_BYTES = {"LOGISTIC": 272, "MUL": 16, "SUB": 0}
+OWN_KERNEL_BYTES = {"LOGISTIC": 272, "MUL": 16, "MEAN": 32, "SUM": 32, "SUB": 0}
 SILU_TABLE_BYTES = 256
 
 # Board UART kind -> the driver template rendered as src/board/uart.c
