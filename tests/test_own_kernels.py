@@ -1,0 +1,122 @@
+"""routevit's table and reduce kernels (LOGISTIC, MUL, MEAN, SUM) against the tflite-micro wheel.
+
+Each kernel claims to compute exactly what TFLM's reference kernel computes, only faster
+(firmware_templates/project/src/logistic_lut_kernel.h, mul_kernel.h, reduce_kernel.h), so the
+wheel is their twin. Real int8 models made by the TFLite converter run in TFLM's MicroInterpreter
+from a host g++ build of the tree, once with routevit's registrations and once with TFLM's, and in
+the wheel; all three must agree value for value, on random inputs, every int8 value and the
+saturating extremes. (That the fast paths are taken shows in the QEMU profile:
+benchmarks/results/profile_fmnist_routed_mps2-an386.md.)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host_cc import DRIVERS, compile_program, host_tflm_library, render_templates, run_program
+
+pytestmark = pytest.mark.tflm
+
+SOURCES = ["src/logistic_lut_kernel.cc", "src/logistic_lut_kernel.h", "src/mul_kernel.cc", "src/mul_kernel.h",
+           "src/reduce_kernel.cc", "src/reduce_kernel.h"]
+
+
+def _convert(function, shapes, ranges, seed):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # asymmetric calibration ranges give non-zero zero points
+    converter.representative_dataset = lambda: ([rng.uniform(-r, 0.6 * r, s).astype(np.float32)
+                                                 for s, r in zip(shapes, ranges)] for _ in range(16))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def silu_model(shape, value_range, seed):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def silu(x):
+        return x * tf.sigmoid(x), tf.sigmoid(x * 0.5)  # SiLU, and a LOGISTIC that feeds no MUL
+
+    return _convert(silu, [shape], [value_range], seed)
+
+
+def reduce_model(shape, mean_axes, sum_axes, keepdims, value_range, seed):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def reduce(x):
+        return (tf.reduce_mean(x, axis=mean_axes, keepdims=keepdims),
+                tf.reduce_sum(x, axis=sum_axes, keepdims=keepdims))
+
+    return _convert(reduce, [shape], [value_range], seed)
+
+
+MODELS = [
+    ("SiLU [1,8,8,16]", lambda: silu_model((1, 8, 8, 16), 6.0, 1), {"LOGISTIC", "MUL"}),
+    ("SiLU odd size [1,3,5,7]", lambda: silu_model((1, 3, 5, 7), 0.7, 2), {"LOGISTIC", "MUL"}),
+    ("SiLU wide range", lambda: silu_model((1, 4, 4, 8), 40.0, 3), {"LOGISTIC", "MUL"}),
+    ("GroupNorm mean (1,2,3), sum (1,)", lambda: reduce_model((1, 16, 4, 32), [1, 2, 3], [1], True, 3.0, 4),
+     {"MEAN", "SUM"}),
+    ("pool mean (1,2), sum (2,) no keepdims", lambda: reduce_model((1, 5, 5, 12), [1, 2], [2], False, 9.0, 5),
+     {"MEAN", "SUM"}),
+    ("router mean (2,), sum (-1,)", lambda: reduce_model((1, 16, 4, 32), [2], [-1], True, 1.5, 6),
+     {"MEAN", "SUM"}),
+    ("non-contiguous (1,3): TFLM's kernel", lambda: reduce_model((1, 4, 6, 8), [1, 3], [1, 3], True, 2.0, 7),
+     {"MEAN", "SUM"}),
+]
+
+
+@pytest.fixture(scope="module")
+def kernels_exe(tmp_path_factory):
+    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM"))
+    root = tmp_path_factory.mktemp("own_kernels")
+    src = render_templates(root / "src", SOURCES)
+    return compile_program([src / "logistic_lut_kernel.cc", src / "mul_kernel.cc", src / "reduce_kernel.cc",
+                            DRIVERS / "own_kernels_driver.cc"], root / "own_kernels",
+                           include_dirs=[src], system_include_dirs=library.include_dirs,
+                           defines=library.defines, libraries=[library.path])
+
+
+def _records(rng, shape, count):
+    records = [np.full(shape, -128, np.int8), np.full(shape, 127, np.int8)]
+    records.append(np.arange(np.prod(shape)).reshape(shape).astype(np.int64) % 256 - 128)  # every value
+    records += [rng.integers(-128, 128, shape, dtype=np.int8) for _ in range(count - 3)]
+    return [r.astype(np.int8) for r in records]
+
+
+@pytest.mark.parametrize("name,make,ops", MODELS, ids=[m[0] for m in MODELS])
+def test_own_kernel_equals_tflm_and_the_wheel(kernels_exe, tmp_path, name, make, ops):
+    from tflite_micro.python.tflite_micro import runtime
+
+    from toolchain.export.flatbuffer import read_graph
+
+    model = make()
+    graph = read_graph(model)
+    assert ops <= {op.name for op in graph.ops}, [op.name for op in graph.ops]
+    path = tmp_path / "model.tflite"
+    path.write_bytes(model)
+    shape = graph.tensors[graph.inputs[0]].shape
+    out_shapes = [graph.tensors[t].shape for t in graph.outputs]
+    records = _records(np.random.default_rng(11), shape, 24)
+    stdin = b"".join(r.tobytes() for r in records)
+    ours = np.frombuffer(run_program(kernels_exe, stdin, args=[path, "routevit"]), np.int8)
+    tflm = np.frombuffer(run_program(kernels_exe, stdin, args=[path, "tflm"]), np.int8)
+    assert np.array_equal(ours, tflm), f"{name}: routevit's kernels != TFLM's kernels from the same tree"
+    wheel = runtime.Interpreter.from_bytes(model)
+    per_record = sum(int(np.prod(s)) for s in out_shapes)
+    assert ours.size == per_record * len(records)
+    saturated = 0
+    for r, record in enumerate(records):
+        wheel.set_input(record, 0)
+        wheel.invoke()
+        expected = np.concatenate([wheel.get_output(o).reshape(-1) for o in range(len(out_shapes))])
+        got = ours[r * per_record:(r + 1) * per_record]
+        assert np.array_equal(got, expected), f"{name} record {r}: routevit's kernels != tflite-micro wheel"
+        saturated += int(np.sum((got == -128) | (got == 127)))
+    assert len(np.unique(ours)) > 8  # the outputs really vary: not a constant that happens to match
