@@ -286,6 +286,9 @@ SUB_MODELS = [
     ("first broadcast [1,1,1,8] - [1,4,4,8]", (1, 1, 1, 8), (1, 4, 4, 8), 0.5, 4.0, False),
     ("fused RELU", (1, 6, 6, 4), (1, 6, 6, 4), 3.0, 3.0, True),
     ("tiny vs huge range", (1, 2, 2, 16), (1, 2, 1, 16), 80.0, 0.02, False),
+    # one-value second input, >= 1024 elements: the runtime-table path (int8_table.h)
+    ("GroupNorm x - mean, table path [1,16,4,32] - [1,1,1,1]", (1, 16, 4, 32), (1, 1, 1, 1), 4.0, 1.0, False),
+    ("table path, first input single [1,1,1,1] - [1,8,8,24]", (1, 1, 1, 1), (1, 8, 8, 24), 2.0, 6.0, False),
 ]
 
 
@@ -331,8 +334,9 @@ def _sub_wiring(model: bytes):
 def sub_setup(tmp_path_factory):
     library = host_tflm_library(("SUB",))
     root = tmp_path_factory.mktemp("sub")
-    src = render_templates(root / "src", ["src/sub_kernel.cc", "src/sub_kernel.h"])
-    exe = compile_program([src / "sub_kernel.cc", DRIVERS / "sub_driver.cc"], root / "sub",
+    src = render_templates(root / "src", ["src/sub_kernel.cc", "src/sub_kernel.h", "src/int8_table.cc",
+                                          "src/int8_table.h"])
+    exe = compile_program([src / "sub_kernel.cc", src / "int8_table.cc", DRIVERS / "sub_driver.cc"], root / "sub",
                           include_dirs=[src], system_include_dirs=library.include_dirs,
                           defines=library.defines, libraries=[library.path])
     models = []

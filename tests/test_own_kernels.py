@@ -1,4 +1,4 @@
-"""routevit's table and reduce kernels (LOGISTIC, MUL, MEAN, SUM) against the tflite-micro wheel.
+"""routevit's table and reduce kernels (LOGISTIC, MUL, MEAN, SUM, SQUARED_DIFFERENCE, SUB) against the wheel.
 
 Each kernel claims to compute exactly what TFLM's reference kernel computes, only faster
 (firmware_templates/project/src/logistic_lut_kernel.h, mul_kernel.h, reduce_kernel.h), so the
@@ -17,8 +17,9 @@ from host_cc import DRIVERS, compile_program, host_tflm_library, render_template
 
 pytestmark = pytest.mark.tflm
 
-SOURCES = ["src/logistic_lut_kernel.cc", "src/logistic_lut_kernel.h", "src/mul_kernel.cc", "src/mul_kernel.h",
-           "src/reduce_kernel.cc", "src/reduce_kernel.h"]
+KERNELS = ["logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
+           "int8_table"]
+SOURCES = [f"src/{k}.{ext}" for k in KERNELS for ext in ("cc", "h")]
 
 
 def _convert(function, shapes, ranges, seed):
@@ -57,7 +58,25 @@ def reduce_model(shape, mean_axes, sum_axes, keepdims, value_range, seed):
     return _convert(reduce, [shape], [value_range], seed)
 
 
+def group_norm_model(shape, value_range, seed):
+    """GroupNorm(1)'s int8 chain as the converter writes it: MEAN, SQUARED_DIFFERENCE and SUB
+    against the one-value mean, MUL by the one-value rsqrt (the runtime-table paths)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def norm(x):
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        var = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=[1, 2, 3], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(var + 1e-5)
+
+    return _convert(norm, [shape], [value_range], seed)
+
+
 MODELS = [
+    ("GroupNorm chain [1,16,4,32]", lambda: group_norm_model((1, 16, 4, 32), 3.0, 8),
+     {"MEAN", "SQUARED_DIFFERENCE", "SUB", "MUL"}),
+    ("GroupNorm chain, below the table threshold [1,4,4,8]", lambda: group_norm_model((1, 4, 4, 8), 5.0, 9),
+     {"MEAN", "SQUARED_DIFFERENCE", "SUB", "MUL"}),
     ("SiLU [1,8,8,16]", lambda: silu_model((1, 8, 8, 16), 6.0, 1), {"LOGISTIC", "MUL"}),
     ("SiLU odd size [1,3,5,7]", lambda: silu_model((1, 3, 5, 7), 0.7, 2), {"LOGISTIC", "MUL"}),
     ("SiLU wide range", lambda: silu_model((1, 4, 4, 8), 40.0, 3), {"LOGISTIC", "MUL"}),
@@ -74,11 +93,11 @@ MODELS = [
 
 @pytest.fixture(scope="module")
 def kernels_exe(tmp_path_factory):
-    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM"))
+    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM", "SQUARED_DIFFERENCE", "SUB", "ADD", "RSQRT"))
     root = tmp_path_factory.mktemp("own_kernels")
     src = render_templates(root / "src", SOURCES)
-    return compile_program([src / "logistic_lut_kernel.cc", src / "mul_kernel.cc", src / "reduce_kernel.cc",
-                            DRIVERS / "own_kernels_driver.cc"], root / "own_kernels",
+    return compile_program([src / f"{k}.cc" for k in KERNELS] + [DRIVERS / "own_kernels_driver.cc"],
+                           root / "own_kernels",
                            include_dirs=[src], system_include_dirs=library.include_dirs,
                            defines=library.defines, libraries=[library.path])
 
