@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -75,8 +76,10 @@ def _size(elf: Path, prefix: str) -> dict:
             "sections": sections}
 
 
-def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool) -> list[str]:
-    cmd = ["make", "-C", str(proj), "firmware", f"BUILD_DIR={build_dir}"] + \
+def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool, jobs: int | None = None) -> list[str]:
+    # Parallel, with each file's messages kept together (the first error line is what we report).
+    jobs = jobs or os.cpu_count() or 2
+    cmd = ["make", "-C", str(proj), f"-j{jobs}", "--output-sync=target", "firmware", f"BUILD_DIR={build_dir}"] + \
         [f"{k}={v}" for k, v in variables.items()]
     log.debug("run: %s", " ".join(cmd))
     bar = tqdm(desc="firmware", unit="step", file=sys.stderr,
@@ -143,7 +146,7 @@ def build_project(proj, kernels: str | None = None, tflm: Path | None = None, *,
                 if item.name not in FIRMWARE_OUTPUTS:
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         variables = lib.make_variables()
-        _run_make(proj, tmp, variables, progress)
+        _run_make(proj, tmp, variables, progress, jobs)
         elf = tmp / "firmware.elf"
         if not elf.is_file():
             raise RoutevitError(f"{proj / 'Makefile'}: `make firmware` made no $(BUILD_DIR)/firmware.elf; "
