@@ -138,6 +138,35 @@ def test_too_big_model_is_refused_before_anything_is_written(big_exp, tmp_path):
     assert run("generate", big_exp, "--board", "mps2-an386", "--out", out).exit_code == 0
 
 
+def test_fit_says_which_boards_an_export_fits_with_generates_numbers(big_exp, tmp_path):
+    """`routevit fit` over the whole catalog: the too-big model fits the 4 MB boards only, and each
+    board's figures are the memory report `generate` writes for it."""
+    from toolchain.boards import board_ids
+
+    result = run("fit", big_exp, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    rows = {r["board"]: r for r in summary["boards"]}
+    assert sorted(rows) == sorted(board_ids())
+    assert summary["fits"] == ["mps2-an386", "mps2-an500", "mps3-an547"]
+    for board in ("nrf52840-dk", "stm32f4-discovery", "stm32f746g-disco"):
+        flash = next(g for g in rows[board]["regions"] if g["region"] == "flash")
+        assert not rows[board]["fits"] and not flash["fits"] and flash["free"] < 0
+        assert flash["largest"] == "model weights (segment_0.tflite)" and "flash needs" in rows[board]["overflow"]
+    out = tmp_path / "PROJ"
+    assert run("generate", big_exp, "--board", "mps2-an500", "--out", out).exit_code == 0
+    report = json.loads((out / "memory_report.json").read_text())
+    assert [(g["region"], g["used"], g["size"]) for g in report["regions"]] == \
+        [(g["region"], g["used"], g["size"]) for g in rows["mps2-an500"]["regions"]]
+    assert rows["mps2-an500"]["arena_bytes"] == json.loads((out / "project.json").read_text())["arena_bytes"]
+    # the table names every board, and a board that is not in the catalog is one line
+    table = run("fit", big_exp, "--board", "stm32f746g-disco")
+    assert table.exit_code == 0 and "stm32f746g-disco" in table.stdout and "OVER" in table.stdout
+    assert "fits no board" in table.stderr
+    bad = run("fit", big_exp, "--board", "no-such-board")
+    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not in the catalog" in bad.stderr
+
+
 def copy_exp(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -17,6 +17,7 @@ COMMANDS = {
     "export": "export",
     "evaluate": "evaluate",
     "generate": "generate",
+    "fit": "fit",
     "setup-tflm": "setup_tflm",
     "build": "build",
     "emulate": "emulate",

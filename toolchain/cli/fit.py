@@ -1,0 +1,45 @@
+"""`routevit fit EXP [--board B ...]`: which boards an export fits, before generating anything."""
+import json
+import sys
+
+import click
+
+from toolchain.generate.project import DEFAULT_ARENA_MARGIN_PCT
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.1f} KB"
+
+
+@click.command("fit")
+@click.argument("exp", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--board", "boards", multiple=True, help="Board id from `routevit boards` (repeatable; "
+              "default: the whole catalog).")
+@click.option("--arena-margin", "arena_margin", type=float, default=DEFAULT_ARENA_MARGIN_PCT, show_default=True,
+              help="Percent added to the host-measured tensor arena (as `routevit generate`).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def command(exp, boards, arena_margin, as_json):
+    """Whether EXP (the --out folder of `routevit export`) fits each board's flash and RAM, and by how much.
+
+    The figures are `routevit generate`'s memory budget for that board: exact for weights, arena,
+    buffers and stack, estimated for code."""
+    from toolchain.generate.fit import fit_export, summary
+
+    rows = fit_export(exp, list(boards) or None, arena_margin)
+    if as_json:
+        click.echo(json.dumps(summary(exp, rows), sort_keys=True), file=sys.stdout)
+        return
+    table = [("board", "core", "fits", "memory (used / size, free)")]
+    for r in rows:
+        mem = "; ".join(f"{g['region']} {_kb(g['used'])} / {_kb(g['size'])} "
+                        f"({'+' if g['free'] >= 0 else '-'}{_kb(abs(g['free']))}"
+                        f"{'' if g['fits'] else ' OVER'})" for g in r["regions"])
+        table.append((r["board"], r["core"], "yes" if r["fits"] else "NO", mem))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        click.echo("  ".join([c.ljust(w) for c, w in zip(row[:3], widths)] + [row[3]]), file=sys.stdout)
+    fits = [r["board"] for r in rows if r["fits"]]
+    if not fits:
+        biggest = min(rows, key=lambda r: -max(-g["free"] for g in r["regions"]))
+        click.echo(f"fits no board; closest: {biggest['board']} ({biggest['overflow']}); make the model smaller "
+                   "(width, input size, experts, expert size)", err=True)
