@@ -40,6 +40,7 @@ def command(exp, boards, arena_margin, as_json):
         click.echo("  ".join([c.ljust(w) for c, w in zip(row[:3], widths)] + [row[3]]), file=sys.stdout)
     fits = [r["board"] for r in rows if r["fits"]]
     if not fits:
-        biggest = min(rows, key=lambda r: -max(-g["free"] for g in r["regions"]))
-        click.echo(f"fits no board; closest: {biggest['board']} ({biggest['overflow']}); make the model smaller "
+        # the board whose worst region is the least over
+        closest = min(rows, key=lambda r: max(-g["free"] for g in r["regions"]))
+        click.echo(f"fits no board; closest: {closest['board']} ({closest['overflow']}); make the model smaller "
                    "(width, input size, experts, expert size)", err=True)
