@@ -59,8 +59,8 @@ def test_readme_command_sequence_runs_as_written(tmp_path):
         pytest.skip(renode_missing_reason())
     commands = [c for c in readme_commands() if c[0] not in ("demo", "boards") and "--port" not in c]
     names = [c[0] for c in commands]
-    assert names == ["train", "quantize", "export", "evaluate", "generate", "setup-tflm", "build", "emulate",
-                     "emulate"], names
+    assert names == ["train", "quantize", "export", "evaluate", "fit", "generate", "setup-tflm", "build",
+                     "emulate", "emulate"], names
     config = tmp_path / "examples" / "configs" / "fmnist_routed.json"
     config.parent.mkdir(parents=True)
     config.write_text(json.dumps(TINY_FMNIST))
