@@ -12,7 +12,7 @@ def _kb(n: int) -> str:
 
 
 @click.command("fit")
-@click.argument("exp", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("exp", type=click.Path(file_okay=False, path_type=str))
 @click.option("--board", "boards", multiple=True, help="Board id from `routevit boards` (repeatable; "
               "default: the whole catalog).")
 @click.option("--arena-margin", "arena_margin", type=float, default=DEFAULT_ARENA_MARGIN_PCT, show_default=True,
