@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# routevit setup for a Debian machine: system packages (Arm GCC + newlib, QEMU, Fashion-MNIST),
+# routevit setup for a Debian machine: system packages (Arm GCC + newlib, QEMU, Fashion-MNIST, ccache),
 # a Python 3.11 virtual environment in .venv, and routevit installed into it (editable, with test
 # extras). Safe to run again: it only does what is missing, and is quick when nothing is.
 #
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib
-              qemu-system-arm dataset-fashion-mnist)
+              qemu-system-arm dataset-fashion-mnist ccache)
 VENV=.venv
 STAMP="$VENV/.routevit-setup"
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, error_lines, make_image_folder, run_routevit
@@ -23,15 +25,16 @@ IMAGES = 30  # 3 classes x 50 images, 20% of each class is the test split
 
 @pytest.fixture(scope="module")
 def firmware(int8_artifacts, tmp_path_factory):
-    """The int8 fixture's routed export, generated for mps2-an386 and built; and a folder dataset
-    of the same shape (16x16 RGB, 3 classes) with 30 test images."""
+    """The int8 fixture's routed export, generated for mps2-an386 and built (with the example
+    application, examples/frame_loop); and a folder dataset of the same shape (16x16 RGB,
+    3 classes) with 30 test images."""
     from tflm_support import tflm_tree
 
     tflm_tree()
     root = tmp_path_factory.mktemp("runs")
     project = root / "proj"
     for args in (("generate", int8_artifacts["exp"], "--board", "mps2-an386", "--out", project),
-                 ("build", project)):
+                 ("build", project, "--app", REPO / "examples" / "frame_loop")):
         result = run_routevit(*args, timeout=1800)
         assert result.returncode == 0, result.stderr
     data = f"folder:{make_image_folder(root / 'images', per_class=50)}"
@@ -62,6 +65,56 @@ def comparable(report: dict) -> dict:
 def same_counts(a: dict, b: dict) -> bool:
     counts = [[row["counter"] for row in r["per_image"]] for r in (a, b)]
     return len(counts[0]) == len(counts[1]) and all(abs(x - y) <= COUNTER_RESOLUTION for x, y in zip(*counts))
+
+
+# examples/frame_loop/app.c prints one line per frame:
+#   frame 0: 2 "c" logit 87 score 0.912 | 0 "a" logit 3 score 0.061 | ... | 812345 instructions | experts 3 5 / ...
+FRAME_LINE = re.compile(r"^frame (\d+): (.*?) \| (\d+) instructions(?: \| experts (.*))?$")
+PREDICTION = re.compile(r'^(\d+) "(.*)" logit (-?\d+) score (0\.\d{3})$')
+
+
+def frame_loop_pixels(index: int, height: int, width: int, channels: int) -> np.ndarray:
+    """The test pattern of frame_loop's camera_capture(): (x(3+i) + y(5+2i) + 80c + 41i) mod 256."""
+    y, x, c = np.meshgrid(np.arange(height), np.arange(width), np.arange(channels), indexing="ij")
+    return ((x * (3 + index) + y * (5 + 2 * index) + 80 * c + 41 * index) % 256).astype(np.uint8)
+
+
+def test_example_application_classifies_frames_as_the_host_reference_does(firmware, int8_artifacts):
+    """examples/frame_loop, built with `routevit build --app` and run with the project's
+    qemu/run: on the model's C API alone it prints the host reference's top-3 classes, logits,
+    softmax scores and per-expert patch counts for every frame."""
+    from toolchain.hostref import HostReference
+
+    project, _ = firmware
+    elf = project / "build" / "app.elf"
+    symbols = subprocess.run(["arm-none-eabi-nm", "-C", str(elf)], capture_output=True, text=True).stdout
+    assert "routevit_model_classify" in symbols and "RunProtocolLoop" not in symbols  # no protocol inside
+    run = subprocess.run([str(project / "qemu" / "run"), str(elf), "stdio"], capture_output=True, text=True,
+                         timeout=300, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert "frame_loop: done" in lines and "ROUTEVIT-STOP 0" in lines, run.stdout[-2000:]
+    ref = HostReference(int8_artifacts["exp"])
+    _, height, width, channels = ref.plan.input.shape
+    names = ref.plan.class_names or [""] * ref.plan.num_classes
+    scale = ref.plan.logits_entry.scale
+    frames = [FRAME_LINE.match(line) for line in lines if line.startswith("frame ")]
+    assert len(frames) == 4 and all(frames), lines
+    for index, match in enumerate(frames):
+        assert int(match.group(1)) == index and int(match.group(3)) > 0
+        host = ref.run(ref.quantize_pixels(frame_loop_pixels(index, height, width, channels)))
+        logits = host.logits.astype(int)
+        order = sorted(range(len(logits)), key=lambda c: (-logits[c], c))[:3]
+        probs = np.exp(scale * (logits - logits.max()))
+        probs /= probs.sum()
+        shown = [PREDICTION.match(p) for p in match.group(2).split(" | ")]
+        assert all(shown), match.group(2)
+        assert [int(p.group(1)) for p in shown] == order
+        assert [p.group(2) for p in shown] == [names[c] for c in order]
+        assert [int(p.group(3)) for p in shown] == [logits[c] for c in order]
+        assert all(abs(float(p.group(4)) - min(probs[c], 0.999)) <= 0.0011 for p, c in zip(shown, order))
+        counts = [[int(v) for v in layer.split()] for layer in match.group(4).split(" / ")]
+        assert counts == [r.counts.tolist() for r in host.routing]
 
 
 def test_emulate_finds_the_export_project_json_records(firmware, tmp_path):

@@ -51,7 +51,8 @@ def test_generate_writes_the_project_interface(tiny_exp, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["board"] == "mps2-an386"
     for rel in ("Makefile", "CMakeLists.txt", "ld/firmware.ld", "qemu/run", "renode/run.resc",
-                "renode/mps2-an386.repl", "src/main.cc", "src/model_data.cc", "src/model_data.h",
+                "renode/mps2-an386.repl", "src/main.cc", "src/routevit_model.h", "src/routevit_model.cc",
+                "src/model_data.cc", "src/model_data.h",
                 "src/routing_plan.h", "src/op_resolver.h", "src/selftest_main.cc", "src/board/uart.c",
                 "src/board/startup.c", "memory_report.md", "memory_report.json", "project.json"):
         assert (out / rel).is_file(), rel
@@ -333,7 +334,7 @@ def test_routed_plan_generates_static_routing_buffers(routed_exp, routed_ptq_exp
                  f"constexpr size_t kLayer0Capacity = {layer['capacity']};",
                  "kLayer0DispatchSlots = kLayer0Experts * kLayer0Capacity;", "kLayer0ExpertBufferBytes"):
         assert text in plan_h
-    main_cc = (out / "src/main.cc").read_text()
+    main_cc = (out / "src/routevit_model.cc").read_text()  # the model behind routevit_model.h
     assert "routevit::Route(routevit::kPlanRoutedLayers[0]" in main_cc
     # a boundary is requantized in the firmware exactly when the plan says so
     requantized = sum(1 for s in plan["segments"] for i in s["inputs"] if i.get("requantize"))

@@ -34,7 +34,9 @@ log = logging.getLogger("routevit")
 PROJECT_FORMAT = "routevit-project/1"
 BUILD_FORMAT = "routevit-build/1"
 # What a firmware build (re)writes in PROJ/build/; everything else there (e.g. the selftest) is kept.
-FIRMWARE_OUTPUTS = ("firmware", "firmware.elf", "firmware.map", "size.json", "build.json")
+FIRMWARE_OUTPUTS = ("firmware", "firmware.elf", "firmware.map", "size.json", "build.json",
+                    "app", "app.elf", "app.map", "app_size.json")
+APP_SUFFIXES = (".c", ".cc")
 
 
 def load_project(proj: Path) -> dict:
@@ -76,16 +78,37 @@ def _size(elf: Path, prefix: str) -> dict:
             "sections": sections}
 
 
-def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool, jobs: int | None = None) -> list[str]:
+def compiler_cache(proj: Path, cache: Path | None = None) -> tuple[dict, dict]:
+    """(make variables, environment) that put ccache in front of the compilers, if installed.
+
+    Every project has the same own-kernel, board and protocol sources (only their provenance
+    comments differ, which the preprocessor drops), and each own kernel parses ~100k lines of
+    TFLM headers: ccache compiles each once per (core, flags) instead of once per project.
+    ROUTEVIT_CCACHE=0 turns it off."""
+    from toolchain.tflm.tree import cache_root
+
+    tool = shutil.which("ccache")
+    if tool is None or os.environ.get("ROUTEVIT_CCACHE") == "0":
+        return {}, {}
+    env = {"CCACHE_DIR": os.environ.get("CCACHE_DIR") or str(cache_root(cache) / "ccache"),
+           # paths inside the project become relative, and the debug info's compile directory
+           # is not hashed: the same source in another project folder hits the cache
+           "CCACHE_BASEDIR": str(proj), "CCACHE_NOHASHDIR": "1"}
+    return {"COMPILER_LAUNCHER": tool}, env
+
+
+def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool, jobs: int | None = None,
+              target: str = "firmware", env: dict | None = None) -> list[str]:
     # Parallel, with each file's messages kept together (the first error line is what we report).
     jobs = jobs or os.cpu_count() or 2
-    cmd = ["make", "-C", str(proj), f"-j{jobs}", "--output-sync=target", "firmware", f"BUILD_DIR={build_dir}"] + \
+    cmd = ["make", "-C", str(proj), f"-j{jobs}", "--output-sync=target", target, f"BUILD_DIR={build_dir}"] + \
         [f"{k}={v}" for k, v in variables.items()]
-    log.debug("run: %s", " ".join(cmd))
-    bar = tqdm(desc="firmware", unit="step", file=sys.stderr,
+    log.debug("run: %s%s", "".join(f"{k}={v} " for k, v in (env or {}).items()), " ".join(cmd))
+    bar = tqdm(desc=target, unit="step", file=sys.stderr,
                disable=(not progress) or (not sys.stderr.isatty() and None))
     lines = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))
         log.debug("make: %s", line.rstrip())
@@ -99,7 +122,7 @@ def _run_make(proj: Path, build_dir: Path, variables: dict, progress: bool, jobs
                   for ln in lines if re.search(pattern, ln)] or lines[-3:] or ["?"]
         log_path = proj / "build-error.log"
         log_path.write_text("\n".join([" ".join(cmd)] + lines) + "\n")
-        raise RoutevitError(f"{proj / 'Makefile'}: `make firmware` failed: {errors[0].strip()[:300]}; "
+        raise RoutevitError(f"{proj / 'Makefile'}: `make {target}` failed: {errors[0].strip()[:300]}; "
                             f"full output in {log_path}")
     (proj / "build-error.log").unlink(missing_ok=True)
     return lines
@@ -115,14 +138,34 @@ def default_kernels(project: dict) -> str:
     return "reference"
 
 
+def check_app(app: Path, proj: Path) -> Path:
+    """An application folder for `make app`: exists and holds .c/.cc files; returned absolute."""
+    app = Path(app).resolve()
+    if not app.is_dir():
+        raise RoutevitError(f"--app {app}: no such folder; give the folder with your application's .c/.cc files "
+                            "(e.g. examples/frame_loop)")
+    if not any(p.suffix in APP_SUFFIXES for p in app.iterdir()):
+        raise RoutevitError(f"--app {app}: no .c or .cc files there; an application calls {proj / 'src'}/"
+                            "routevit_model.h (see examples/frame_loop)")
+    if " " in str(app):
+        raise RoutevitError(f"--app {app}: make cannot build from a path with spaces; move or link it elsewhere")
+    return app
+
+
 def build_project(proj, kernels: str | None = None, tflm: Path | None = None, *, jobs: int | None = None,
                   cache: Path | None = None, strip_error_strings: bool = False, prefix: str = "arm-none-eabi-",
-                  progress: bool = True) -> dict:
-    """Build PROJ's firmware; return the build record (also written to PROJ/build/build.json).
+                  progress: bool = True, app: Path | None = None) -> dict:
+    """Build PROJ's firmware (and, with `app`, PROJ/build/app.elf: that folder's application
+    linked against the model); return the build record (also written to PROJ/build/build.json).
     kernels None: CMSIS-NN on cores the catalog says have it, else reference."""
     started = time.monotonic()
     proj = Path(proj).resolve()
     project = load_project(proj)
+    if app is not None:
+        app = check_app(app, proj)
+        if not (proj / "src" / "routevit_model.h").is_file():
+            raise RoutevitError(f"{proj}: has no src/routevit_model.h (generated by an older routevit); "
+                                f"regenerate it with `routevit generate EXP --board B --out {proj}`")
     if kernels is None:
         kernels = default_kernels(project)
     if kernels not in KERNEL_SETS:
@@ -145,8 +188,9 @@ def build_project(proj, kernels: str | None = None, tflm: Path | None = None, *,
             for item in old.iterdir():
                 if item.name not in FIRMWARE_OUTPUTS:
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
-        variables = lib.make_variables()
-        _run_make(proj, tmp, variables, progress, jobs)
+        launcher, launcher_env = compiler_cache(proj, cache)
+        variables = {**lib.make_variables(), **launcher}
+        _run_make(proj, tmp, variables, progress, jobs, env=launcher_env)
         elf = tmp / "firmware.elf"
         if not elf.is_file():
             raise RoutevitError(f"{proj / 'Makefile'}: `make firmware` made no $(BUILD_DIR)/firmware.elf; "
@@ -162,11 +206,23 @@ def build_project(proj, kernels: str | None = None, tflm: Path | None = None, *,
             "tflm_commit": tree.commit, "tflm_tree": str(tree.root),
             "lib_key": lib.key, "lib": str(lib.path), "lib_cache_hit": lib.cache_hit,
             "lib_seconds": round(lib.seconds, 1), "defines": lib.defines, "include_dirs": lib.include_dirs,
+            "compiler_launcher": launcher.get("COMPILER_LAUNCHER"),
             "elf": "firmware.elf", "elf_sha256": hashlib.sha256(elf.read_bytes()).hexdigest(),
             "size": {k: size[k] for k in ("text", "data", "bss")},
             "seconds": round(time.monotonic() - started, 1),
         }
+        if app is not None:
+            _run_make(proj, tmp, {**variables, "APP": str(app)}, progress, jobs, target="app", env=launcher_env)
+            app_size = _size(tmp / "app.elf", prefix)
+            (tmp / "app_size.json").write_text(json.dumps(app_size, indent=2, sort_keys=True) + "\n")
+            record["app"] = {"source": str(app), "elf": "app.elf",
+                             "elf_sha256": hashlib.sha256((tmp / "app.elf").read_bytes()).hexdigest(),
+                             "size": {k: app_size[k] for k in ("text", "data", "bss")}}
+            record["seconds"] = round(time.monotonic() - started, 1)
         (tmp / "build.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if app is not None:
+        click.echo(f"wrote {proj / 'build' / 'app.elf'} ({app.name}): text {app_size['text']:,} "
+                   f"data {app_size['data']:,} bss {app_size['bss']:,} bytes", err=True)
     click.echo(f"wrote {proj / 'build' / 'firmware.elf'}: text {size['text']:,} data {size['data']:,} "
                f"bss {size['bss']:,} bytes ({record['seconds']:.1f} s)", err=True)
     return record

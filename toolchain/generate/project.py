@@ -22,8 +22,12 @@ from toolchain.protocol import MsgType, STOP_SENTINEL, encode_frame
 log = logging.getLogger("routevit")
 
 STACK_BYTES = 16 * 1024          # call stack of TFLM kernels and the protocol code
-INTERPRETER_OBJECT_BYTES = 512   # one MicroInterpreter (+ its graph) on main()'s stack, rounded up
-OP_REGISTRATION_BYTES = 64       # one op in MicroMutableOpResolver, rounded up
+# Static storage routevit_model.cc gives the interpreters and the op resolver; the firmware
+# static_asserts the objects fit. sizeof(tflite::MicroInterpreter) is 1,552 B and
+# MicroMutableOpResolver<N> 48 + 36 N B at TFLM 90b983c2 (arm-none-eabi-g++ 13, 32-bit).
+INTERPRETER_OBJECT_BYTES = 1600
+OP_RESOLVER_BASE_BYTES = 64
+OP_REGISTRATION_BYTES = 40
 OTHER_STATICS_BYTES = 2048       # counters, parser state, libc data: 1,384-1,408 B in real builds, rounded up
 MIN_PAYLOAD = 256
 DEFAULT_ARENA_MARGIN_PCT = 10.0
@@ -82,6 +86,20 @@ def _float_literal(value: float) -> str:
     return text + "f"
 
 
+def _c_string(text: str) -> str:
+    """A C string literal for any text (non-ASCII as UTF-8 octal escapes)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        ch = chr(byte)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 32 <= byte < 127:
+            out.append(ch)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
 def arena_plan(plan: Plan, margin_pct: float) -> dict:
     """One shared MicroAllocator: persistent parts add up, the non-persistent head is reused."""
     split = all(s.persistent_bytes is not None and s.nonpersistent_bytes is not None for s in plan.segments)
@@ -134,9 +152,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
             requant = (entry.requantize.to_dict() if kind == "segment_output" and entry.requantize is not None
                        else None)
             if kind == "image":
-                expr, text = "frame.payload", "the INFER payload (int8 image)"
-                if requant:
-                    expr = "reinterpret_cast<const int8_t*>(frame.payload)"
+                expr, text = "image", "the int8 image"
             elif kind == "segment_output":
                 expr = stage[(src.segment, src.output)]
                 text = f"segment {src.segment} output {src.output}"
@@ -164,19 +180,35 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     input_bytes = math.prod(shape)
     result_bytes = 10 + plan.num_classes + sum(2 * layer.num_experts for layer in layers)
     ops = plan.ops
-    stack_bytes = _align(STACK_BYTES + INTERPRETER_OBJECT_BYTES * len(plan.segments)
-                         + OP_REGISTRATION_BYTES * len(ops), 1024)
+    stack_bytes = STACK_BYTES
+    runtime_objects = {"interpreter_bytes": INTERPRETER_OBJECT_BYTES,
+                       "resolver_bytes": OP_RESOLVER_BASE_BYTES + OP_REGISTRATION_BYTES * len(ops)}
+    image_readers = [(seg.index, i) for seg in plan.segments for i, entry in enumerate(seg.inputs)
+                     if entry.source.kind == "image"]
+    if not any(s == 0 for s, _ in image_readers):
+        raise RoutevitError(f"{plan.path}: segment 0 does not read the image; re-export the model "
+                            "(routevit export)")
     ctx = base_context(board, plan.sha256, [dict(layer.to_dict(), name=layer.label) for layer in layers],
                        extra_payload=max(input_bytes, result_bytes), stack_bytes=stack_bytes)
+    logits_entry = plan.logits_entry
+    class_names = plan.class_names or []
     ctx.update({
         "segments": seg_ctx, "stages": stages, "arena": arena, "profile": profile, "ops": ops, "op_methods": tflm_op_methods(),
         "own_kernels": render.own_kernels(ops),
         "own_kernel_sources": sorted({src for entry in render.own_kernels(ops).values()
                                       for src in entry["sources"] if src.endswith(".cc")}),
         "num_classes": plan.num_classes,
-        "logits": {"stage": stage[(plan.logits.segment, plan.logits.output)]},
+        "logits": {"stage": stage[(plan.logits.segment, plan.logits.output)],
+                   "scale_literal": _float_literal(float(logits_entry.scale if logits_entry.scale is not None else 1.0))},
         "input": {"shape": shape, "bytes": input_bytes, "scale_literal": _float_literal(float(plan.input.scale)),
-                  "zero_point": int(plan.input.zero_point)},
+                  "zero_point": int(plan.input.zero_point),
+                  "pixel_lut_rows": [", ".join(str(int(v)) for v in row) for row in plan.input.lut()]},
+        "class_name_literals": [_c_string(class_names[c] if c < len(class_names) else "")
+                                for c in range(plan.num_classes)],
+        "max_plan_experts": max([layer.num_experts for layer in layers], default=0),
+        "image_input_of_segment_0": next(i for s, i in image_readers if s == 0),
+        "image_beyond_segment_0": any(s != 0 for s, _ in image_readers),
+        "runtime_objects": runtime_objects,
     })
 
     budget = memory.MemoryBudget(board)
@@ -194,7 +226,11 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
     budget.add("routing index buffers (dispatch, combine, counts)", routing_bytes, "ram")
     budget.add(f"profiler records ({profile['max_records']} x 8 bytes)", 8 * profile["max_records"], "ram")
     budget.add("protocol buffers (frame parser + answer)", 2 * ctx["max_payload"] + 16, "ram")
-    budget.add("stack (incl. interpreters and op resolver in main())", stack_bytes, "ram")
+    budget.add(f"TFLM interpreters ({len(plan.segments)} x {INTERPRETER_OBJECT_BYTES} B) and op resolver",
+               len(plan.segments) * INTERPRETER_OBJECT_BYTES + runtime_objects["resolver_bytes"], "ram")
+    if any(s != 0 for s, _ in image_readers):
+        budget.add("quantized image (read by a segment after the first)", _align(input_bytes), "ram")
+    budget.add("stack", stack_bytes, "ram")
     budget.add("other statics", OTHER_STATICS_BYTES, "ram", estimate=True)
 
     details = {
@@ -250,8 +286,9 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) 
                  "baud": board.uart["baud"]},
         "protocol": {"version": render.PROTOCOL_VERSION, "max_payload": ctx["max_payload"],
                      "stop_sentinel": STOP_SENTINEL.decode()},
-        "targets": {"firmware": "build/firmware.elf", "selftest": "build/selftest.elf"},
-        "make_variables": ["TFLM_INCLUDES", "TFLM_LIB", "TFLM_DEFINES", "CROSS_COMPILE", "BUILD_DIR", "OPT_FLAGS"],
+        "targets": {"firmware": "build/firmware.elf", "selftest": "build/selftest.elf", "app": "build/app.elf"},
+        "make_variables": ["TFLM_INCLUDES", "TFLM_LIB", "TFLM_DEFINES", "CROSS_COMPILE", "BUILD_DIR", "OPT_FLAGS",
+                           "APP", "COMPILER_LAUNCHER"],
     }
 
 

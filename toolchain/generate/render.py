@@ -32,7 +32,8 @@ SELFTEST_LAYERS = (
 
 # Templates that are only rendered with a model (they need TFLM to build).
 MODEL_ONLY = {"src/tflm_glue.h", "src/main.cc", "src/model_data.cc", "src/model_data.h", "src/op_resolver.h",
-              "src/tflm_glue.cc", "src/requantize.h", "src/profiler.h", "src/profiler.cc"}
+              "src/tflm_glue.cc", "src/requantize.h", "src/profiler.h", "src/profiler.cc",
+              "src/routevit_model.h", "src/routevit_model.cc", "src/model_profiling.h"}
 
 # routevit's own kernels, registered instead of TFLM's for these ops (each header says why).
 # Their sources are rendered and built only for a plan that uses the op.
