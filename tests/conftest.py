@@ -152,7 +152,7 @@ def pytest_runtest_makereport(item, call):
 def fmnist_routed_export(tmp_path_factory):
     """An int8 export of examples/configs/fmnist_routed.json: $ROUTEVIT_TEST_EXPORT, else the newest
     routed export under runs/, else one trained here on a Fashion-MNIST subset (train 1 epoch on
-    3,000 images, QAT 1 epoch on 1,000, export: a few minutes). Bit-exactness and instruction
+    2,000 images, QAT 1 epoch on 500, export: a few minutes). Bit-exactness and instruction
     counts do not need a good model; accuracy claims are the benchmarks' business."""
     import json as _json
 
@@ -166,8 +166,8 @@ def fmnist_routed_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("fmnist-routed")
     steps = [
         ("train", "--config", REPO / "examples" / "configs" / "fmnist_routed.json", "--data", "fashion-mnist",
-         "--epochs", "1", "--limit-train", "3000", "--limit-eval", "500", "--out", root / "run"),
-        ("quantize", root / "run", "--method", "qat", "--limit-train", "1000", "--limit-eval", "500",
+         "--epochs", "1", "--limit-train", "2000", "--limit-eval", "300", "--out", root / "run"),
+        ("quantize", root / "run", "--method", "qat", "--limit-train", "500", "--limit-eval", "300",
          "--out", root / "qat"),
         ("export", root / "qat", "--out", root / "exp"),
     ]
