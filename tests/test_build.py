@@ -77,6 +77,23 @@ def test_build_refuses_what_is_not_a_project(tmp_path):
     assert result.exit_code == 2 and "'fast' is not one of 'reference', 'cmsis-nn'" in result.stderr
 
 
+def test_bad_app_folders_are_one_line_errors_before_any_compiling(tmp_path):
+    proj = handmade_project(tmp_path / "proj")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no sources here")
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.c").write_text("int main(void) { return 0; }\n")
+    for folder, words in ((tmp_path / "missing", "no such folder"), (empty, "no .c or .cc files"),
+                          (app, "has no src/routevit_model.h")):
+        result = invoke("build", proj, "--app", folder)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert result.exit_code == 2 and len(lines) == 1 and words in lines[0], result.stderr
+        assert "Traceback" not in result.output
+    assert not (proj / "build").exists()
+
+
 def test_an_op_tflm_lacks_is_refused_before_any_compiling(tmp_path):
     proj = handmade_project(tmp_path / "proj", ops=("CONV_2D", "TOPK_V2", "ONE_HOT"))
     result = invoke("build", proj)
