@@ -568,12 +568,12 @@ def test_fmnist_routed_firmware_is_bit_exact_with_host_reference(board, fmnist_r
     assert result.returncode == 0, result.stderr
     # CMSIS-NN kernels: the same integers as the reference kernels (checked on the demo export and
     # in benchmarks/qemu_benchmark.py, which also runs reference kernels) at 1/6 of the emulated
-    # instructions. 100 images on the M4 (benchmarks/ run 200), 20 on the M7 (same C, other core
+    # instructions. 60 images on the M4 (benchmarks/ run 200), 20 on the M7 (same C, other core
     # flags), to keep CI under its 45 minutes; on the M4 a repeat run checks counts on 20.
     result = run_with_user_cache("build", project, "--kernels", "cmsis-nn", timeout=3600)
     assert result.returncode == 0, result.stderr
     reports = []
-    images = 100 if board == "mps2-an386" else 20
+    images = 60 if board == "mps2-an386" else 20
     runs = (images, 20) if board == "mps2-an386" else (images,)
     # on two QEMU instances (the report is the one of --jobs 1; tests/test_emulate_runs.py).
     for run, limit in enumerate(runs):
