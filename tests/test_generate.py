@@ -115,7 +115,9 @@ def test_op_resolver_model_data_and_arena(tiny_exp, tmp_path):
     assert "alignas(16) const unsigned char g_segment_0[kSegment0Bytes]" in model_data
     tflite = (tiny_exp / "segment_0.tflite").read_bytes()
     body = model_data.split("= {", 1)[1].split("};", 1)[0]
-    assert bytes(int(tok, 16) for tok in body.replace(",", " ").split()) == tflite
+    from toolchain.generate.device_model import device_flatbuffer
+
+    assert bytes(int(tok, 16) for tok in body.replace(",", " ").split()) == device_flatbuffer(tflite)
     report = json.loads((out / "memory_report.json").read_text())
     assert report["arena"]["margin_pct"] == 50
     ram = next(r for r in report["regions"] if r["region"] == "ram")
@@ -421,3 +423,47 @@ def test_sub_uses_routevit_kernel_only_when_the_plan_has_sub(tiny_exp, tmp_path)
     resolver = env.get_template("src/op_resolver.h.j2").render(
         ops=["ADD"], op_methods={"ADD": "AddAdd"}, own_kernels=render.own_kernels(["ADD"]))
     assert "sub_kernel" not in resolver and "resolver.AddAdd()" in resolver
+
+
+@pytest.mark.parametrize("which", ["dense", "routed"])
+def test_device_flatbuffers_compute_what_the_export_computes(which, int8_artifacts, tiny_exp):
+    """The compacted segments the firmware embeds (toolchain/generate/device_model.py) are
+    smaller, keep every op, tensor and weight byte, keep buffers 16-byte aligned, and give the
+    tflite-micro wheel bit-identical outputs and the same arena as the export's files."""
+    from toolchain.export.flatbuffer import read_graph, schema
+    from toolchain.generate.device_model import device_flatbuffer
+    from toolchain.hostref import tflm
+
+    exp = tiny_exp if which == "dense" else export_fixture.routed_export(int8_artifacts)
+    plan = json.loads((exp / "plan.json").read_text())
+    rng = np.random.default_rng(7)
+    for entry in plan["segments"]:
+        original = (exp / entry["file"]).read_bytes()
+        device = device_flatbuffer(original)
+        assert len(device) < len(original), entry["file"]
+        assert device_flatbuffer(original) == device  # deterministic
+        before, after = read_graph(original), read_graph(device)
+        assert [(op.name, op.inputs, op.outputs) for op in before.ops] == \
+            [(op.name, op.inputs, op.outputs) for op in after.ops]
+        assert [(t.shape, t.type) for t in before.tensors] == [(t.shape, t.type) for t in after.tensors]
+        assert all(t.name == "" for t in after.tensors)
+        model_a, model_b = (schema().Model.GetRootAsModel(b, 0) for b in (original, device))
+        assert model_a.BuffersLength() == model_b.BuffersLength()
+        for i in range(model_b.BuffersLength()):
+            buf = model_b.Buffers(i)
+            if buf.DataLength():
+                assert buf._tab.Vector(buf._tab.Offset(4)) % 16 == 0, f"buffer {i} is not 16-byte aligned"
+                assert buf.DataAsNumpy().tobytes() == model_a.Buffers(i).DataAsNumpy().tobytes()
+        ref, err = tflm.load(original)
+        dev, err2 = tflm.load(device)
+        assert ref is not None and dev is not None, (err, err2)
+        graph_inputs = [before.tensors[t] for t in before.inputs]
+        for _ in range(3):
+            feeds = [rng.integers(-128, 128, size=t.shape).astype(np.int8) if t.type == "INT8"
+                     else np.zeros(t.shape, np.int32)  # routing indices: 0 is valid everywhere
+                     for t in graph_inputs]
+            tflm.invoke(ref, feeds)
+            tflm.invoke(dev, feeds)
+            for o in range(len(before.outputs)):
+                assert np.array_equal(ref.get_output(o), dev.get_output(o)), (entry["file"], o)
+        assert tflm.arena_usage(ref) == tflm.arena_usage(dev)

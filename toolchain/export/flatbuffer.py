@@ -59,7 +59,7 @@ def read_graph(flatbuffer: bytes) -> Graph:
     for t in range(graph.TensorsLength()):
         tensor = graph.Tensors(t)
         shape = tuple(int(v) for v in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
-        tensors.append(Tensor(tensor.Name().decode(), shape, types.get(tensor.Type(), str(tensor.Type()))))
+        tensors.append(Tensor((tensor.Name() or b"").decode(), shape, types.get(tensor.Type(), str(tensor.Type()))))
     ops = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)

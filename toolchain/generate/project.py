@@ -15,7 +15,7 @@ import toolchain
 from toolchain.boards import Board, get_board
 from toolchain.errors import RoutevitError
 from toolchain.fsutil import atomic_output_dir
-from toolchain.generate import memory, render
+from toolchain.generate import device_model, memory, render
 from toolchain.plan import Plan, read_plan
 from toolchain.protocol import MsgType, STOP_SENTINEL, encode_frame
 
@@ -165,8 +165,10 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
         routes_after = [{"index": layer.index, "name": layer.label,
                          "router_stage": stage[(layer.router.segment, layer.router.output)]}
                         for layer in layers if layer.router.segment == seg.index]
-        seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(seg.data),
-                        "hex_rows": _hex_rows(seg.data), "inputs": inputs, "outputs": outputs,
+        device = device_model.device_flatbuffer(seg.data)
+        seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(device),
+                        "device_sha256": device_model.sha256(device), "export_bytes": len(seg.data),
+                        "hex_rows": _hex_rows(device), "inputs": inputs, "outputs": outputs,
                         "routes_after": routes_after})
 
     arena = arena_plan(plan, margin_pct)
@@ -213,8 +215,8 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
 
     budget = memory.MemoryBudget(board)
     model_region, arena_region = board.placement["model"], board.placement["arena"]
-    for seg in plan.segments:
-        budget.add(f"model weights ({seg.file})", _align(len(seg.data)), model_region)
+    for seg in seg_ctx:
+        budget.add(f"model weights ({seg['file']})", _align(seg["bytes"]), model_region)
     budget.add("code: TFLM runtime + kernels for " + f"{len(ops)} ops + routevit", memory.code_estimate(ops),
                "flash", estimate=True)
     budget.add("tensor arena (shared by all segments)", arena["bytes"], arena_region)
@@ -235,9 +237,10 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
 
     details = {
         "arena": arena,
-        "segments": [{"file": s.file, "bytes": len(s.data), "sha256": s.sha256, "arena_bytes": s.arena_bytes,
+        "segments": [{"file": s.file, "bytes": len(s.data), "sha256": s.sha256, "device_bytes": c["bytes"],
+                      "device_sha256": c["device_sha256"], "arena_bytes": s.arena_bytes,
                       "persistent_bytes": s.persistent_bytes, "nonpersistent_bytes": s.nonpersistent_bytes}
-                     for s in plan.segments],
+                     for s, c in zip(plan.segments, seg_ctx)],
         "staging": stages and [{k: s[k] for k in ("segment", "output", "name", "bytes")} for s in stages],
         "routed_layers": [{"name": l.name or "", "num_patches": l.num_patches, "num_experts": l.num_experts,
                            "capacity": l.capacity, "top_k": l.top_k, "patch_area": l.patch_area,

@@ -1,0 +1,113 @@
+"""The segment flatbuffers as the device gets them: the export's .tflite with what TFLM never
+reads taken out, so the weights' flash shrinks without one computed value changing.
+
+What goes, and why TFLM (90b983c2) does not miss it:
+- per-channel zero-point vectors whose values are all equal become one value. Every int8
+  weight and int32 bias is symmetric (zero point 0 in each channel), and the converter writes
+  an int64 per channel: 8 bytes of flash per output channel, twice per conv. MicroAllocator
+  reads `zero_point()->Get(0)` for every channel when the vector is shorter than the scales
+  (micro_allocator.cc, "As a space-saving optimization...");
+- tensor and subgraph names, the signature defs and quantization min/max: TFLM looks up
+  tensors by index and never reads them;
+- metadata entries other than "OfflineMemoryAllocation" (the only one TFLM reads); their
+  buffers are emptied, so buffer indices stay as they are.
+
+Buffer data stays 16-byte aligned as the converter writes it (TFLM reads int32 biases and
+CMSIS-NN reads weights through word loads in place).
+
+The host reference keeps running the export's files; tests/test_generate.py checks that the
+tflite-micro wheel gives identical outputs for both on random inputs, and the QEMU/Renode
+bit-exactness tests run the compacted ones.
+
+    >>> small = device_flatbuffer(open("EXP/segment_0.tflite", "rb").read())  # doctest: +SKIP
+    >>> len(small) < len(open("EXP/segment_0.tflite", "rb").read())           # doctest: +SKIP
+    True
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+
+from toolchain.errors import RoutevitError
+from toolchain.export.flatbuffer import schema
+
+# The metadata entry TFLM reads (micro_allocation_info.cc kOfflineMemAllocMetadata).
+TFLM_METADATA = {b"OfflineMemoryAllocation"}
+BUFFER_ALIGNMENT = 16
+TFLITE_FILE_IDENTIFIER = b"TFL3"
+
+
+def _aligned_buffer_class():
+    base = schema().BufferT
+
+    class AlignedBufferT(base):
+        """A Buffer whose data vector starts on a 16-byte boundary (the generated Pack aligns
+        to 1)."""
+
+        def Pack(self, builder):
+            data = None
+            if self.data is not None and len(self.data):
+                payload = np.asarray(self.data, dtype=np.uint8).tobytes()
+                builder.StartVector(1, len(payload), BUFFER_ALIGNMENT)
+                builder.head = builder.head - len(payload)
+                builder.Bytes[builder.head:builder.head + len(payload)] = payload
+                builder.vectorNumElems = len(payload)
+                data = builder.EndVector()
+            fb = schema()
+            fb.BufferStart(builder)
+            if data is not None:
+                fb.BufferAddData(builder, data)
+            fb.BufferAddOffset(builder, self.offset)
+            fb.BufferAddSize(builder, self.size)
+            return fb.BufferEnd(builder)
+
+    return AlignedBufferT
+
+
+@functools.lru_cache(maxsize=64)
+def _compact(data: bytes) -> bytes:
+    fb = schema()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for graph in model.subgraphs or []:
+        graph.name = None
+        for tensor in graph.tensors or []:
+            tensor.name = None
+            q = tensor.quantization
+            if q is None:
+                continue
+            q.min = q.max = None
+            zp = q.zeroPoint
+            if zp is not None and len(zp) > 1 and np.all(np.asarray(zp) == zp[0]):
+                q.zeroPoint = [int(zp[0])]
+    model.signatureDefs = None
+    kept = []
+    for entry in model.metadata or []:
+        if entry.name in TFLM_METADATA:
+            kept.append(entry)
+        elif 0 <= entry.buffer < len(model.buffers or []):
+            model.buffers[entry.buffer].data = None
+    model.metadata = kept or None
+    aligned = _aligned_buffer_class()
+    buffers = []
+    for buf in model.buffers or []:
+        new = aligned()
+        new.data, new.offset, new.size = buf.data, buf.offset, buf.size
+        if buf.offset:
+            raise RoutevitError("a segment keeps its weights outside the flatbuffer (buffer offsets); "
+                                "re-export it with `routevit export` (segments over 2 GB are not supported)")
+        buffers.append(new)
+    model.buffers = buffers
+    builder = __import__("flatbuffers").Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def device_flatbuffer(data: bytes) -> bytes:
+    """The segment `data` (a .tflite flatbuffer) as the firmware embeds it."""
+    return _compact(bytes(data))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
