@@ -7,6 +7,10 @@ What goes, and why TFLM (90b983c2) does not miss it:
   an int64 per channel: 8 bytes of flash per output channel, twice per conv. MicroAllocator
   reads `zero_point()->Get(0)` for every channel when the vector is shorter than the scales
   (micro_allocator.cc, "As a space-saving optimization...");
+- the per-channel scales of the int32 biases of CONV_2D and DEPTHWISE_CONV_2D: the kernels
+  derive their per-channel multipliers from the input, filter and output scales alone
+  (kernel_util.cc PopulateConvolutionQuantizationParams; the bias scale check there is a
+  TODO and only for uint8), and the first scale, which becomes `params.scale`, stays;
 - tensor and subgraph names, the signature defs and quantization min/max: TFLM looks up
   tensors by index and never reads them;
 - metadata entries other than "OfflineMemoryAllocation" (the only one TFLM reads); their
@@ -36,6 +40,8 @@ from toolchain.export.flatbuffer import schema
 # The metadata entry TFLM reads (micro_allocation_info.cc kOfflineMemAllocMetadata).
 TFLM_METADATA = {b"OfflineMemoryAllocation"}
 BUFFER_ALIGNMENT = 16
+# Builtin codes (schema BuiltinOperator) whose int32 bias scales no int8 kernel reads.
+PER_CHANNEL_BIAS_OPS = {3, 4}  # CONV_2D, DEPTHWISE_CONV_2D
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 
 
@@ -70,8 +76,18 @@ def _aligned_buffer_class():
 def _compact(data: bytes) -> bytes:
     fb = schema()
     model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    conv_codes = {i for i, code in enumerate(model.operatorCodes or [])
+                  if max(code.builtinCode, code.deprecatedBuiltinCode) in PER_CHANNEL_BIAS_OPS}
     for graph in model.subgraphs or []:
         graph.name = None
+        biases = {int(op.inputs[2]) for op in graph.operators or []
+                  if op.opcodeIndex in conv_codes and len(op.inputs) > 2 and op.inputs[2] >= 0}
+        for t in biases:
+            q = graph.tensors[t].quantization
+            if graph.tensors[t].type == fb.TensorType.INT32 and q is not None and q.scale is not None \
+                    and len(q.scale) > 1:
+                q.scale = [q.scale[0]]
+                q.zeroPoint = [int(q.zeroPoint[0])] if q.zeroPoint is not None and len(q.zeroPoint) else q.zeroPoint
         for tensor in graph.tensors or []:
             tensor.name = None
             q = tensor.quantization
