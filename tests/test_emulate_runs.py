@@ -127,6 +127,39 @@ def test_emulate_finds_the_export_project_json_records(firmware, tmp_path):
     assert report["images"] == 4 and report["agreement_device_vs_host"]["bit_exact_images"] == 4
 
 
+def test_arena_sized_from_the_device_run_is_smaller_and_still_bit_exact(firmware, int8_artifacts, tmp_path):
+    """`generate --arena-from REPORT`: the arena from what the firmware's allocator used (HELLO)
+    + TFLM's temporary planning memory, instead of the 64-bit host figure + 10%. The smaller
+    firmware initialises and stays bit-exact; a build with other kernels is refused."""
+    project, data = firmware
+    measured = tmp_path / "measured"
+    result = run_routevit("emulate", project, "--backend", "qemu", "--data", data, "--limit", "1",
+                          "--out", measured, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = report_of(measured)
+    used = report["hello"]["arena_bytes"]
+    assert report["memory"]["firmware"]["kernels"] == "cmsis-nn"
+    host_arena = json.loads((project / "project.json").read_text())["arena_bytes"]
+    tight = tmp_path / "tight"
+    result = run_routevit("generate", int8_artifacts["exp"], "--board", "mps2-an386", "--out", tight,
+                          "--arena-from", measured)
+    assert result.returncode == 0, result.stderr
+    memory_report = json.loads((tight / "memory_report.json").read_text())
+    arena = memory_report["arena"]
+    assert arena["source"] == "device" and arena["measured_bytes"] == used and arena["kernels"] == "cmsis-nn"
+    assert used + arena["temp_bytes"] <= arena["bytes"] < host_arena
+    refused = run_routevit("build", tight, "--kernels", "reference")
+    lines = error_lines(refused.stderr)
+    assert refused.returncode == 2 and len(lines) == 1 and "--kernels cmsis-nn" in lines[0], refused.stderr
+    assert run_routevit("build", tight, timeout=1800).returncode == 0
+    result = run_routevit("emulate", tight, "--backend", "qemu", "--data", data, "--limit", "4",
+                          "--out", tmp_path / "report", timeout=600)
+    assert result.returncode == 0, result.stderr
+    again = report_of(tmp_path / "report")
+    assert again["agreement_device_vs_host"]["bit_exact_images"] == 4
+    assert again["hello"]["arena_bytes"] == used  # the same allocations, in a smaller arena
+
+
 def test_moved_export_is_a_clear_error(firmware, tmp_path):
     project, data = firmware
     record = json.loads((project / "project.json").read_text())["export"]

@@ -470,3 +470,35 @@ def test_device_flatbuffers_compute_what_the_export_computes(which, int8_artifac
         used, used_device = tflm.arena_usage(ref), tflm.arena_usage(dev)
         assert used_device["nonpersistent"] == used["nonpersistent"]
         assert used_device["persistent"] <= used["persistent"]
+
+
+def test_arena_from_a_report_that_cannot_size_it_is_one_line(tiny_exp, tmp_path):
+    """--arena-from refuses, before writing anything: a folder without report.json, a report of
+    another model, and a measurement from kernels that take other code paths (M55 Helium for an
+    M4 board)."""
+    from toolchain.generate.render import model_id_literal
+
+    def report(folder, **hello):
+        folder.mkdir()
+        body = {"board": "mps3-an547", "memory": {"firmware": {"kernels": "cmsis-nn", "core": "cortex-m55"}},
+                "hello": {"arena_bytes": 50_000, "model_id": model_id_literal(plan_sha(tiny_exp))[2:-3].lower()}}
+        body["hello"].update(hello)
+        (folder / "report.json").write_text(json.dumps(body))
+        return folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [(empty, "no report.json"), (report(tmp_path / "other", model_id="00000000deadbeef"), "another model"),
+             (report(tmp_path / "m55"), "mps3-an547 (cmsis-nn/mve)")]
+    for folder, says in cases:
+        out = tmp_path / f"PROJ-{folder.name}"
+        result = run("generate", tiny_exp, "--board", "mps2-an386", "--out", out, "--arena-from", folder)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and says in lines[0], lines
+        assert not out.exists()
+    # The same M55 measurement sizes the M55 board's arena.
+    result = run("fit", tiny_exp, "--arena-from", tmp_path / "m55", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["boards"]
+    assert [r["board"] for r in rows] == ["mps3-an547"] and rows[0]["arena_bytes"] >= 50_000

@@ -170,6 +170,11 @@ def build_project(proj, kernels: str | None = None, tflm: Path | None = None, *,
         kernels = default_kernels(project)
     if kernels not in KERNEL_SETS:
         raise RoutevitError(f"--kernels {kernels}: unknown kernel set; use one of {', '.join(KERNEL_SETS)}")
+    arena_kernels = project.get("arena_kernels")
+    if arena_kernels and kernels != arena_kernels:
+        raise RoutevitError(f"{proj}: its arena was sized from a device run with {arena_kernels} kernels "
+                            f"(generate --arena-from), too small for {kernels}; build with --kernels "
+                            f"{arena_kernels} or generate again without --arena-from")
     check_ops(project["ops"], str(proj / "project.json"))
     # No tree yet: set it up (local copies from $ROUTEVIT_TFLM_FROM, else a clone) instead of failing.
     tree = find_tree(tflm, cache) if tflm is not None else ensure_tree(cache)

@@ -4,7 +4,6 @@ import sys
 
 import click
 
-from toolchain.generate.project import DEFAULT_ARENA_MARGIN_PCT
 
 
 def _kb(n: int) -> str:
@@ -15,17 +14,21 @@ def _kb(n: int) -> str:
 @click.argument("exp", type=click.Path(file_okay=False, path_type=str))
 @click.option("--board", "boards", multiple=True, help="Board id from `routevit boards` (repeatable; "
               "default: the whole catalog).")
-@click.option("--arena-margin", "arena_margin", type=float, default=DEFAULT_ARENA_MARGIN_PCT, show_default=True,
-              help="Percent added to the host-measured tensor arena (as `routevit generate`).")
+@click.option("--arena-margin", "arena_margin", type=float, default=None,
+              help="Percent added to the measured tensor arena [default: 10 over the host measurement, "
+                   "0 over a device one].")
+@click.option("--arena-from", "arena_from", type=click.Path(exists=True, path_type=str),
+              help="Size the arena from what a firmware of this export used on a device: the --out folder "
+                   "(or report.json) of `routevit emulate`/`evaluate` on a board with the same kernels.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(exp, boards, arena_margin, as_json):
+def command(exp, boards, arena_margin, arena_from, as_json):
     """Whether EXP (the --out folder of `routevit export`) fits each board's flash and RAM, and by how much.
 
     The figures are `routevit generate`'s memory budget for that board: exact for weights, arena,
     buffers and stack, estimated for code."""
     from toolchain.generate.fit import fit_export, summary
 
-    rows = fit_export(exp, list(boards) or None, arena_margin)
+    rows = fit_export(exp, list(boards) or None, arena_margin, arena_from)
     if as_json:
         click.echo(json.dumps(summary(exp, rows), sort_keys=True), file=sys.stdout)
         return

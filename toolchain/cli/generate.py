@@ -4,21 +4,24 @@ import sys
 
 import click
 
-from toolchain.generate.project import DEFAULT_ARENA_MARGIN_PCT
 
 
 @click.command("generate")
 @click.argument("exp", type=click.Path(file_okay=False, path_type=str))
 @click.option("--board", required=True, help="Board id from `routevit boards`.")
 @click.option("--out", required=True, type=click.Path(path_type=str), help="Project folder to write.")
-@click.option("--arena-margin", "arena_margin", type=float, default=DEFAULT_ARENA_MARGIN_PCT, show_default=True,
-              help="Percent added to the host-measured tensor arena.")
+@click.option("--arena-margin", "arena_margin", type=float, default=None,
+              help="Percent added to the measured tensor arena [default: 10 over the host measurement, "
+                   "0 over a device one].")
+@click.option("--arena-from", "arena_from", type=click.Path(exists=True, path_type=str),
+              help="Size the arena from what a firmware of this export used on a device: the --out folder "
+                   "(or report.json) of `routevit emulate`/`evaluate` on a board with the same kernels.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(exp, board, out, arena_margin, as_json):
+def command(exp, board, out, arena_margin, arena_from, as_json):
     """Generate the firmware project for EXP (plan.json + segments) on a board."""
     from toolchain.generate.project import generate
 
-    summary = generate(exp, board, out, arena_margin)
+    summary = generate(exp, board, out, arena_margin, arena_from)
     for region, m in summary["memory"].items():
         click.echo(f"{region}: {m['used']:,} of {m['size']:,} bytes", err=True)
     click.echo(f"wrote {summary['project']} ({len(summary['files'])} files; arena {summary['arena_bytes']:,} bytes; "

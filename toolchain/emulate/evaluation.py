@@ -53,7 +53,7 @@ def memory_summary(project: Project) -> dict:
             memory["stack_bytes"] = report["stack_bytes"]
         segments = report.get("segments") or []
         if segments:
-            memory["model_bytes"] = sum(int(s.get("bytes", 0)) for s in segments)
+            memory["model_bytes"] = sum(int(s.get("device_bytes", s.get("bytes", 0))) for s in segments)
         for region in report.get("regions") or []:
             memory[f"{region['region']}_budget_used_bytes"] = region.get("used")
             memory[f"{region['region']}_size_bytes"] = region.get("size")
@@ -65,6 +65,14 @@ def memory_summary(project: Project) -> dict:
             log.warning("%s: not valid JSON; left out of the report", size_path)
             size = {}
         memory["linked"] = {k: size[k] for k in ("flash_bytes", "ram_bytes", "text", "data", "bss") if k in size}
+    build_path = project.root / "build" / "build.json"
+    if build_path.is_file():
+        try:
+            build = json.loads(build_path.read_text())
+            # What `routevit generate --arena-from` checks the measurement against.
+            memory["firmware"] = {"kernels": build.get("kernels"), "core": build.get("core")}
+        except json.JSONDecodeError:
+            log.warning("%s: not valid JSON; left out of the report", build_path)
     return memory
 
 

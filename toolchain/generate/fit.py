@@ -15,17 +15,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolchain.boards import all_boards, get_board
-from toolchain.generate.project import DEFAULT_ARENA_MARGIN_PCT, model_context
+from toolchain.errors import RoutevitError
+from toolchain.generate.project import check_margin, model_context
 from toolchain.plan import read_plan
 
 
-def fit_export(exp_dir, board_ids=None, arena_margin_pct: float = DEFAULT_ARENA_MARGIN_PCT) -> list[dict]:
-    """One row per board: fits or not, each memory region's use, and what is over by how much."""
+def fit_export(exp_dir, board_ids=None, arena_margin_pct: float | None = None, arena_from=None) -> list[dict]:
+    """One row per board: fits or not, each memory region's use, and what is over by how much.
+
+    `arena_from` (an emulate report of this export): the arena from the device's figure, on the
+    boards whose kernels take the same code paths as the measured one (the others are left out)."""
+    check_margin(arena_margin_pct)
     plan = read_plan(Path(exp_dir))
     boards = [get_board(b) for b in board_ids] if board_ids else all_boards()
+    device = None
+    if arena_from is not None:
+        from toolchain.generate.arena import check_compatible, read_device_arena
+
+        device = read_device_arena(arena_from, plan)
+        if not board_ids:
+            boards = [b for b in boards if _compatible(check_compatible, device, b)]
     rows = []
     for board in boards:
-        _, budget, details = model_context(plan, board, arena_margin_pct)
+        _, budget, details = model_context(plan, board, arena_margin_pct, device)
         regions = budget.regions()
         rows.append({
             "board": board.id, "core": board.core,
@@ -42,3 +54,11 @@ def fit_export(exp_dir, board_ids=None, arena_margin_pct: float = DEFAULT_ARENA_
 def summary(exp_dir, rows: list[dict]) -> dict:
     return {"export": str(Path(exp_dir).resolve()), "boards": rows,
             "fits": [r["board"] for r in rows if r["fits"]]}
+
+
+def _compatible(check, device, board) -> bool:
+    try:
+        check(device, board)
+    except RoutevitError:
+        return False
+    return True

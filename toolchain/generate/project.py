@@ -100,8 +100,24 @@ def _c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def arena_plan(plan: Plan, margin_pct: float) -> dict:
-    """One shared MicroAllocator: persistent parts add up, the non-persistent head is reused."""
+def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board | None = None) -> dict:
+    """One shared MicroAllocator: persistent parts add up, the non-persistent head is reused.
+
+    `device` (arena.DeviceArena): the figure a firmware of this export reported, + TFLM's
+    temporary planning memory (toolchain/generate/arena.py) instead of the host measurement."""
+    if device is not None:
+        from toolchain.generate import arena as device_arena
+
+        kernels = device_arena.check_compatible(device, board)
+        margin_pct = 0.0 if margin_pct is None else margin_pct
+        temp = device_arena.temp_bytes(plan)
+        total = _align(math.ceil(device.used_bytes * (1.0 + margin_pct / 100.0)) + temp)
+        return {"measured_bytes": device.used_bytes,
+                "basis": (f"used on the device ({device.board}, {kernels} kernels) "
+                          f"+ {temp} B of TFLM's temporary planning memory"), "report": device.report,
+                "source": "device", "device_board": device.board, "kernels": kernels, "temp_bytes": temp,
+                "own_kernel_bytes": 0, "margin_pct": margin_pct, "bytes": total}
+    margin_pct = DEFAULT_ARENA_MARGIN_PCT if margin_pct is None else margin_pct
     split = all(s.persistent_bytes is not None and s.nonpersistent_bytes is not None for s in plan.segments)
     if split:
         measured = (sum(s.persistent_bytes for s in plan.segments)
@@ -113,8 +129,8 @@ def arena_plan(plan: Plan, margin_pct: float) -> dict:
     own = own_kernel_arena_bytes(plan)
     # 16 bytes of alignment slack per interpreter on top of the margin
     total = _align(math.ceil((measured + own) * (1.0 + margin_pct / 100.0)) + 16 * len(plan.segments))
-    return {"measured_bytes": measured, "basis": basis, "own_kernel_bytes": own, "margin_pct": margin_pct,
-            "bytes": total}
+    return {"measured_bytes": measured, "basis": basis, "source": "host", "own_kernel_bytes": own,
+            "margin_pct": margin_pct, "bytes": total}
 
 
 def own_kernel_arena_bytes(plan: Plan) -> int:
@@ -129,7 +145,8 @@ def own_kernel_arena_bytes(plan: Plan) -> int:
     return total
 
 
-def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, memory.MemoryBudget, dict]:
+def model_context(plan: Plan, board: Board, margin_pct: float | None,
+                  device=None) -> tuple[dict, memory.MemoryBudget, dict]:
     """Template context, memory budget and report details for a plan on a board."""
     layers = plan.routed_layers
     # Which segment outputs must survive until later: other segments' inputs, routers, logits.
@@ -165,13 +182,13 @@ def model_context(plan: Plan, board: Board, margin_pct: float) -> tuple[dict, me
         routes_after = [{"index": layer.index, "name": layer.label,
                          "router_stage": stage[(layer.router.segment, layer.router.output)]}
                         for layer in layers if layer.router.segment == seg.index]
-        device = device_model.device_flatbuffer(seg.data)
-        seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(device),
-                        "device_sha256": device_model.sha256(device), "export_bytes": len(seg.data),
-                        "hex_rows": _hex_rows(device), "inputs": inputs, "outputs": outputs,
+        embedded = device_model.device_flatbuffer(seg.data)
+        seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(embedded),
+                        "device_sha256": device_model.sha256(embedded), "export_bytes": len(seg.data),
+                        "hex_rows": _hex_rows(embedded), "inputs": inputs, "outputs": outputs,
                         "routes_after": routes_after})
 
-    arena = arena_plan(plan, margin_pct)
+    arena = arena_plan(plan, margin_pct, device, board)
     # Profiler records of one INFER_PROFILE: each op of each segment, inputs/Invoke/outputs per
     # segment, one per routed layer.
     from toolchain.export.tflm_check import operators
@@ -270,6 +287,8 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) 
         "fpu": board.fpu,
         "ops": ctx["ops"],
         "arena_bytes": ctx["arena"]["bytes"],
+        # Set when the arena was sized from a device run: `routevit build` must use these kernels.
+        "arena_kernels": ctx["arena"].get("kernels"),
         "plan_sha256": plan.sha256,
         # Where the export was, so `routevit emulate PROJ` finds its host reference (load_project
         # checks the sha256): relative to the project first (both moved together), then absolute.
@@ -295,14 +314,26 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) 
     }
 
 
-def generate(exp_dir: Path, board_id: str, out: Path,
-             arena_margin_pct: float = DEFAULT_ARENA_MARGIN_PCT) -> dict:
-    """Check everything, then write the project atomically. Returns a summary dict."""
-    if not 0 <= arena_margin_pct <= 1000:
+def check_margin(arena_margin_pct: float | None) -> None:
+    if arena_margin_pct is not None and not 0 <= arena_margin_pct <= 1000:
         raise RoutevitError(f"--arena-margin {arena_margin_pct}: must be between 0 and 1000 (percent)")
+
+
+def generate(exp_dir: Path, board_id: str, out: Path, arena_margin_pct: float | None = None,
+             arena_from: Path | None = None) -> dict:
+    """Check everything, then write the project atomically. Returns a summary dict.
+
+    arena_margin_pct None: 10% over the host measurement, 0% over a device one (`arena_from`,
+    an emulate report of this export; toolchain/generate/arena.py)."""
+    check_margin(arena_margin_pct)
     board = get_board(board_id)
     plan = read_plan(Path(exp_dir))
-    ctx, budget, details = model_context(plan, board, arena_margin_pct)
+    device = None
+    if arena_from is not None:
+        from toolchain.generate.arena import read_device_arena
+
+        device = read_device_arena(arena_from, plan)
+    ctx, budget, details = model_context(plan, board, arena_margin_pct, device)
     overflow = budget.overflow_message()
     if overflow:
         raise RoutevitError(f"{plan.path}: the model does not fit {board.id}: {overflow}; choose a board with "
