@@ -4,18 +4,14 @@ import sys
 
 import click
 
+from toolchain.cli.options import arena_options
 
 
 @click.command("generate")
 @click.argument("exp", type=click.Path(file_okay=False, path_type=str))
 @click.option("--board", required=True, help="Board id from `routevit boards`.")
 @click.option("--out", required=True, type=click.Path(path_type=str), help="Project folder to write.")
-@click.option("--arena-margin", "arena_margin", type=float, default=None,
-              help="Percent added to the measured tensor arena [default: 10 over the host measurement, "
-                   "0 over a device one].")
-@click.option("--arena-from", "arena_from", type=click.Path(exists=True, path_type=str),
-              help="Size the arena from what a firmware of this export used on a device: the --out folder "
-                   "(or report.json) of `routevit emulate`/`evaluate` on a board with the same kernels.")
+@arena_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def command(exp, board, out, arena_margin, arena_from, as_json):
     """Generate the firmware project for EXP (plan.json + segments) on a board."""

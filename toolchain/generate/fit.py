@@ -30,11 +30,11 @@ def fit_export(exp_dir, board_ids=None, arena_margin_pct: float | None = None, a
     boards = [get_board(b) for b in board_ids] if board_ids else all_boards()
     device = None
     if arena_from is not None:
-        from toolchain.generate.arena import check_compatible, read_device_arena
+        from toolchain.generate.arena import read_device_arena
 
         device = read_device_arena(arena_from, plan)
         if not board_ids:
-            boards = [b for b in boards if _compatible(check_compatible, device, b)]
+            boards = [b for b in boards if _compatible(device, b)]
     rows = []
     for board in boards:
         _, budget, details = model_context(plan, board, arena_margin_pct, device)
@@ -56,9 +56,12 @@ def summary(exp_dir, rows: list[dict]) -> dict:
             "fits": [r["board"] for r in rows if r["fits"]]}
 
 
-def _compatible(check, device, board) -> bool:
+def _compatible(device, board) -> bool:
+    """Whether the device measurement sizes this board's arena (same kernel code paths)."""
+    from toolchain.generate.arena import check_compatible
+
     try:
-        check(device, board)
+        check_compatible(device, board)
     except RoutevitError:
         return False
     return True
