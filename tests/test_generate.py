@@ -74,8 +74,16 @@ def test_generate_writes_the_project_interface(tiny_exp, tmp_path):
     silu = len(silu_muls(graph))
     assert silu > 0 and "LOGISTIC" in {op.name for op in graph.ops}
     own = sum(OWN_KERNEL_BYTES.get(op.name, 0) for op in graph.ops) + 256 * silu
-    measured = plan["segments"][0]["arena_bytes"]
+    # the head as the wheel plans the segment as embedded (with its in-place memory plan), the
+    # persistent part as the export measured it
+    from toolchain.generate.device_model import device_flatbuffer, head_bytes
+
+    segment = plan["segments"][0]
+    head = head_bytes(device_flatbuffer((tiny_exp / segment["file"]).read_bytes()))
+    assert head < segment["nonpersistent_bytes"]   # the SiLU products write over their LOGISTICs
+    measured = segment["persistent_bytes"] + head
     assert project["arena_bytes"] == math.ceil((math.ceil((measured + own) * 1.10) + 16) / 16) * 16
+    assert project["memory_plan"] == "in-place"
 
 
 def test_every_generated_file_names_version_plan_and_board(tiny_exp, tmp_path):
@@ -347,8 +355,10 @@ def test_routed_plan_generates_static_routing_buffers(routed_exp, routed_ptq_exp
     report = json.loads((out / "memory_report.json").read_text())
     assert report["routed_layers"][0]["expert_buffer_bytes"] == layer["capacity"] * layer["patch_area"] * layer["dim"]
     segs = report["segments"]
+    # the largest head as the wheel plans the segments as embedded (in-place memory plan)
     assert report["arena"]["measured_bytes"] == sum(s["persistent_bytes"] for s in segs) + max(
-        s["nonpersistent_bytes"] for s in segs)
+        s["device_nonpersistent_bytes"] for s in segs)
+    assert all(s["device_nonpersistent_bytes"] <= s["nonpersistent_bytes"] for s in segs)
 
 
 @pytest.mark.tflm
@@ -425,11 +435,14 @@ def test_sub_uses_routevit_kernel_only_when_the_plan_has_sub(tiny_exp, tmp_path)
     assert "sub_kernel" not in resolver and "resolver.AddAdd()" in resolver
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["tflm-plan", "in-place-plan"])
 @pytest.mark.parametrize("which", ["dense", "routed"])
-def test_device_flatbuffers_compute_what_the_export_computes(which, int8_artifacts, tiny_exp):
+def test_device_flatbuffers_compute_what_the_export_computes(which, in_place, int8_artifacts, tiny_exp):
     """The compacted segments the firmware embeds (toolchain/generate/device_model.py) are
     smaller, keep every op, tensor and weight byte, keep buffers 16-byte aligned, and give the
-    tflite-micro wheel bit-identical outputs and the same arena as the export's files."""
+    tflite-micro wheel bit-identical outputs and the same arena as the export's files; with the
+    in-place memory plan (memory_plan.py) the same outputs from a head no larger, and smaller
+    for the routed export (its SiLU MULs write over their LOGISTIC)."""
     from toolchain.export.flatbuffer import read_graph, schema
     from toolchain.generate.device_model import device_flatbuffer
     from toolchain.hostref import tflm
@@ -437,19 +450,22 @@ def test_device_flatbuffers_compute_what_the_export_computes(which, int8_artifac
     exp = tiny_exp if which == "dense" else export_fixture.routed_export(int8_artifacts)
     plan = json.loads((exp / "plan.json").read_text())
     rng = np.random.default_rng(7)
+    heads = []
     for entry in plan["segments"]:
         original = (exp / entry["file"]).read_bytes()
-        device = device_flatbuffer(original)
+        device = device_flatbuffer(original, in_place)
         assert len(device) < len(original), entry["file"]
-        assert device_flatbuffer(original) == device  # deterministic
+        assert device_flatbuffer(original, in_place) == device  # deterministic
         before, after = read_graph(original), read_graph(device)
         assert [(op.name, op.inputs, op.outputs) for op in before.ops] == \
             [(op.name, op.inputs, op.outputs) for op in after.ops]
         assert [(t.shape, t.type) for t in before.tensors] == [(t.shape, t.type) for t in after.tensors]
         assert all(t.name == "" for t in after.tensors)
         model_a, model_b = (schema().Model.GetRootAsModel(b, 0) for b in (original, device))
-        assert model_a.BuffersLength() == model_b.BuffersLength()
-        for i in range(model_b.BuffersLength()):
+        planned = [model_b.Metadata(i).Name() for i in range(model_b.MetadataLength())] == [b"OfflineMemoryAllocation"]
+        assert in_place or not planned
+        assert model_a.BuffersLength() + planned == model_b.BuffersLength()
+        for i in range(model_a.BuffersLength()):
             buf = model_b.Buffers(i)
             if buf.DataLength():
                 assert buf._tab.Vector(buf._tab.Offset(4)) % 16 == 0, f"buffer {i} is not 16-byte aligned"
@@ -468,19 +484,26 @@ def test_device_flatbuffers_compute_what_the_export_computes(which, int8_artifac
                 assert np.array_equal(ref.get_output(o), dev.get_output(o)), (entry["file"], o)
         # One scale and zero point per conv bias instead of one per channel: 8 B less per channel.
         used, used_device = tflm.arena_usage(ref), tflm.arena_usage(dev)
-        assert used_device["nonpersistent"] == used["nonpersistent"]
+        if in_place:
+            assert used_device["nonpersistent"] <= used["nonpersistent"]
+        else:
+            assert used_device["nonpersistent"] == used["nonpersistent"]
         assert used_device["persistent"] <= used["persistent"]
+        heads.append((used["nonpersistent"], used_device["nonpersistent"]))
+    if in_place and which == "routed":
+        assert max(d for _, d in heads) < max(h for h, _ in heads), heads
 
 
 def test_arena_from_a_report_that_cannot_size_it_is_one_line(tiny_exp, tmp_path):
     """--arena-from refuses, before writing anything: a folder without report.json, a report of
-    another model, and a measurement from kernels that take other code paths (M55 Helium for an
-    M4 board)."""
+    another model, a measurement from kernels that take other code paths (M55 Helium for an
+    M4 board), and one of a firmware with another memory plan."""
     from toolchain.generate.render import model_id_literal
 
-    def report(folder, **hello):
+    def report(folder, memory_plan="in-place", **hello):
         folder.mkdir()
-        body = {"board": "mps3-an547", "memory": {"firmware": {"kernels": "cmsis-nn", "core": "cortex-m55"}},
+        body = {"board": "mps3-an547", "memory": {"firmware": {"kernels": "cmsis-nn", "core": "cortex-m55",
+                                                                "memory_plan": memory_plan}},
                 "hello": {"arena_bytes": 50_000, "model_id": model_id_literal(plan_sha(tiny_exp))[2:-3].lower()}}
         body["hello"].update(hello)
         (folder / "report.json").write_text(json.dumps(body))
@@ -489,10 +512,12 @@ def test_arena_from_a_report_that_cannot_size_it_is_one_line(tiny_exp, tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [(empty, "no report.json"), (report(tmp_path / "other", model_id="00000000deadbeef"), "another model"),
-             (report(tmp_path / "m55"), "mps3-an547 (cmsis-nn/mve)")]
+             (report(tmp_path / "m55"), "mps3-an547 (cmsis-nn/mve)"),
+             (report(tmp_path / "tflm-plan", memory_plan="tflm"), "--memory-plan tflm")]
     for folder, says in cases:
         out = tmp_path / f"PROJ-{folder.name}"
-        result = run("generate", tiny_exp, "--board", "mps2-an386", "--out", out, "--arena-from", folder)
+        board = "mps3-an547" if folder.name == "tflm-plan" else "mps2-an386"
+        result = run("generate", tiny_exp, "--board", board, "--out", out, "--arena-from", folder)
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and says in lines[0], lines

@@ -18,14 +18,14 @@ def _kb(n: int) -> str:
               "default: the whole catalog).")
 @arena_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(exp, boards, arena_margin, arena_from, as_json):
+def command(exp, boards, arena_margin, arena_from, memory_plan, as_json):
     """Whether EXP (the --out folder of `routevit export`) fits each board's flash and RAM, and by how much.
 
     The figures are `routevit generate`'s memory budget for that board: exact for weights, arena,
     buffers and stack, estimated for code."""
     from toolchain.generate.fit import fit_export, summary
 
-    rows = fit_export(exp, list(boards) or None, arena_margin, arena_from)
+    rows = fit_export(exp, list(boards) or None, arena_margin, arena_from, memory_plan)
     if as_json:
         click.echo(json.dumps(summary(exp, rows), sort_keys=True), file=sys.stdout)
         return

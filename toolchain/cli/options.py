@@ -2,8 +2,15 @@
 import click
 
 
+MEMORY_PLANS = ("in-place", "tflm")
+
+
 def arena_options(command):
-    """--arena-margin and --arena-from, as `routevit generate` and `routevit fit` take them."""
+    """--arena-margin, --arena-from and --memory-plan, as `routevit generate` and `routevit fit` take them."""
+    command = click.option(
+        "--memory-plan", "memory_plan", type=click.Choice(MEMORY_PLANS), default="in-place", show_default=True,
+        help="in-place: an offline memory plan in each segment where elementwise ops write over an input "
+             "that dies there (toolchain/generate/memory_plan.py); tflm: TFLM's own greedy planner.")(command)
     command = click.option(
         "--arena-from", "arena_from", type=click.Path(exists=True, path_type=str),
         help="Size the arena from what a firmware of this export used on a device: the --out folder "

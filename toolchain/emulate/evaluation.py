@@ -70,7 +70,8 @@ def memory_summary(project: Project) -> dict:
         try:
             build = json.loads(build_path.read_text())
             # What `routevit generate --arena-from` checks the measurement against.
-            memory["firmware"] = {"kernels": build.get("kernels"), "core": build.get("core")}
+            memory["firmware"] = {"kernels": build.get("kernels"), "core": build.get("core"),
+                                  "memory_plan": project.meta.get("memory_plan") or "tflm"}
         except json.JSONDecodeError:
             log.warning("%s: not valid JSON; left out of the report", build_path)
     return memory

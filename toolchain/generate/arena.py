@@ -15,11 +15,12 @@ small board of the same kernels exactly:
 What the figure does not hold, and is added: AllocateTensors plans each segment with temporary
 memory above the planned tensors (TFLM's AllocationInfo per tensor and the greedy planner's
 per-buffer lists, 56 B per buffer on a 32-bit core) and releases it, so used_bytes() after init
-misses it. TEMP_BYTES_PER_BUFFER bounds it per tensor and per op of the largest segment (ops
-stand for the scratch-buffer requests: CMSIS-NN's convolutions request one each). It is an
-upper bound: the planning memory of a segment sits above the head planned so far and below the
-persistent tail so far, so what later segments add to either is slack it can use. Measured on
-fmnist_routed: an arena of exactly the used figure also initialised; the bound adds 34.8 KB.
+misses it. TEMP_BYTES_PER_BUFFER bounds it per tensor and per op of a segment (ops stand for
+the scratch-buffer requests: CMSIS-NN's convolutions request one each). The planning memory of
+a segment sits above the head planned so far and below the persistent tail so far, so only what
+it exceeds the final head by is added (temp_bytes): the largest later segment's, or segment 0's
+beyond its own head. Measured on fmnist_routed: an arena of exactly the used figure also
+initialised.
 
 The kernels must match: CMSIS-NN requests scratch buffers that TFLM's reference kernels do not,
 and its Helium (MVE) paths on the M55 request other sizes than its DSP paths on the M4/M7.
@@ -44,6 +45,7 @@ class DeviceArena:
     report: str            # the report.json it came from
     board: str             # where it was measured
     kernels: str           # the kernel set of that firmware
+    memory_plan: str = "tflm"  # generate --memory-plan of that firmware (reports before it: TFLM's)
 
 
 def kernel_variant(board: Board, kernels: str) -> str:
@@ -81,7 +83,8 @@ def read_device_arena(path, plan: Plan) -> DeviceArena:
         raise RoutevitError(f"--arena-from {file}: measured on another model (model id {hello.get('model_id')}, "
                             f"this export's is {expected}); {redo}")
     return DeviceArena(used_bytes=int(hello["arena_bytes"]), report=str(file.resolve()),
-                       board=str(report.get("board") or hello.get("board")), kernels=str(firmware["kernels"]))
+                       board=str(report.get("board") or hello.get("board")), kernels=str(firmware["kernels"]),
+                       memory_plan=str(firmware.get("memory_plan") or "tflm"))
 
 
 def check_compatible(device: DeviceArena, board: Board) -> str:
@@ -95,9 +98,26 @@ def check_compatible(device: DeviceArena, board: Board) -> str:
     return device.kernels
 
 
-def temp_bytes(plan: Plan) -> int:
-    """A bound on TFLM's temporary planning memory for the largest segment."""
+def check_memory_plan(device: DeviceArena, memory_plan: str) -> None:
+    """The device figure holds only for the memory plan it was measured with."""
+    if device.memory_plan != memory_plan:
+        raise RoutevitError(f"--arena-from: measured on a firmware with --memory-plan {device.memory_plan}, "
+                            f"not {memory_plan}; generate with --memory-plan {device.memory_plan} or measure "
+                            f"a --memory-plan {memory_plan} firmware")
+
+
+def temp_bytes(plan: Plan, heads: list | None = None) -> int:
+    """A bound on what TFLM's temporary planning memory adds to the used figure.
+
+    Segment k is planned with T_k (TEMP_BYTES_PER_BUFFER per tensor and op) above the head
+    planned so far and below the persistent tail so far, both at most what they are at the end.
+    For k >= 1 that head is at least segment 0's, so T_k at most is added. Segment 0 is planned
+    above an empty head: it adds only what T_0 exceeds its own head by (`heads`: the
+    non-persistent bytes of each segment as embedded). Without `heads`: the largest T_k."""
     from toolchain.export.flatbuffer import read_graph
 
-    return max(TEMP_BYTES_PER_BUFFER * (len(g.tensors) + len(g.ops))
-               for g in (read_graph(seg.data) for seg in plan.segments))
+    temps = [TEMP_BYTES_PER_BUFFER * (len(g.tensors) + len(g.ops))
+             for g in (read_graph(seg.data) for seg in plan.segments)]
+    if heads is None:
+        return max(temps)
+    return max([0, temps[0] - heads[0]] + temps[1:])

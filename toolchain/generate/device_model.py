@@ -73,9 +73,10 @@ def _aligned_buffer_class():
 
 
 @functools.lru_cache(maxsize=64)
-def _compact(data: bytes) -> bytes:
+def _compact(data: bytes, in_place: bool) -> bytes:
     fb = schema()
     model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    offline = _offline_plan(data, model) if in_place else None
     conv_codes = {i for i, code in enumerate(model.operatorCodes or [])
                   if max(code.builtinCode, code.deprecatedBuiltinCode) in PER_CHANNEL_BIAS_OPS}
     for graph in model.subgraphs or []:
@@ -104,6 +105,15 @@ def _compact(data: bytes) -> bytes:
             kept.append(entry)
         elif 0 <= entry.buffer < len(model.buffers or []):
             model.buffers[entry.buffer].data = None
+    if offline is not None and not kept:
+        entry = fb.MetadataT()
+        entry.name = b"OfflineMemoryAllocation"
+        entry.buffer = len(model.buffers)
+        plan_buffer = fb.BufferT()
+        plan_buffer.data = np.asarray(offline, dtype="<i4").view(np.uint8)
+        plan_buffer.offset = plan_buffer.size = 0
+        model.buffers.append(plan_buffer)
+        kept.append(entry)
     model.metadata = kept or None
     aligned = _aligned_buffer_class()
     buffers = []
@@ -120,9 +130,44 @@ def _compact(data: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-def device_flatbuffer(data: bytes) -> bytes:
-    """The segment `data` (a .tflite flatbuffer) as the firmware embeds it."""
-    return _compact(bytes(data))
+def _offline_plan(data: bytes, model) -> list | None:
+    """The OfflineMemoryAllocation words of memory_plan.py for subgraph 0, or None when
+    in-place ops would not make the head smaller (TFLM then plans as it always does)."""
+    from toolchain.export.flatbuffer import read_graph
+    from toolchain.generate import memory_plan
+
+    if len(model.subgraphs or []) != 1:
+        return None
+    graph = read_graph(data)
+    tensors = model.subgraphs[0].tensors or []
+    constant = {t for t, tensor in enumerate(tensors)
+                if 0 < tensor.buffer < len(model.buffers) and model.buffers[tensor.buffer].data is not None
+                and len(model.buffers[tensor.buffer].data)}
+    offsets, head, without = memory_plan.plan(graph, constant)
+    return memory_plan.metadata_words(offsets) if head < without else None
+
+
+def device_flatbuffer(data: bytes, in_place: bool = True) -> bytes:
+    """The segment `data` (a .tflite flatbuffer) as the firmware embeds it; `in_place`: with
+    the offline memory plan of memory_plan.py (in-place elementwise ops)."""
+    return _compact(bytes(data), bool(in_place))
+
+
+@functools.lru_cache(maxsize=64)
+def head_bytes(device_data: bytes) -> int:
+    """The arena head (non-persistent bytes) the tflite-micro wheel plans for a device
+    flatbuffer: with its offline plan when it has one."""
+    from toolchain.export.flatbuffer import read_graph
+    from toolchain.hostref import tflm
+
+    interp, messages = tflm.load(device_data)
+    if interp is None:
+        raise RoutevitError(f"TFLite Micro refuses a device segment ({' '.join(messages.split())[:200]}); "
+                            "regenerate with --memory-plan tflm and report this")
+    graph = read_graph(device_data)
+    dtypes = {"INT8": np.int8, "INT32": np.int32, "INT16": np.int16, "FLOAT32": np.float32, "INT64": np.int64}
+    tflm.invoke(interp, [np.zeros(graph.tensors[t].shape, dtypes[graph.tensors[t].type]) for t in graph.inputs])
+    return tflm.arena_usage(interp)["nonpersistent"]
 
 
 def sha256(data: bytes) -> str:

@@ -20,7 +20,8 @@ from toolchain.generate.project import check_margin, model_context
 from toolchain.plan import read_plan
 
 
-def fit_export(exp_dir, board_ids=None, arena_margin_pct: float | None = None, arena_from=None) -> list[dict]:
+def fit_export(exp_dir, board_ids=None, arena_margin_pct: float | None = None, arena_from=None,
+               memory_plan: str = "in-place") -> list[dict]:
     """One row per board: fits or not, each memory region's use, and what is over by how much.
 
     `arena_from` (an emulate report of this export): the arena from the device's figure, on the
@@ -37,12 +38,12 @@ def fit_export(exp_dir, board_ids=None, arena_margin_pct: float | None = None, a
             boards = [b for b in boards if _compatible(device, b)]
     rows = []
     for board in boards:
-        _, budget, details = model_context(plan, board, arena_margin_pct, device)
+        _, budget, details = model_context(plan, board, arena_margin_pct, device, memory_plan)
         regions = budget.regions()
         rows.append({
             "board": board.id, "core": board.core,
             "fits": all(r["fits"] for r in regions),
-            "arena_bytes": details["arena"]["bytes"],
+            "arena_bytes": details["arena"]["bytes"], "memory_plan": memory_plan,
             "regions": [{"region": r["region"], "used": r["used"], "size": r["size"], "free": r["free"],
                          "fits": r["fits"], "largest": r["consumers"][0]["name"] if r["consumers"] else None}
                         for r in regions],

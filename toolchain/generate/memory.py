@@ -92,6 +92,11 @@ def report_markdown(budget: MemoryBudget, header_lines: list[str], details: dict
               f"- measured on the host: {arena['measured_bytes']:,} bytes ({arena['basis']})",
               f"- routevit's own kernels (tables, op data): {arena.get('own_kernel_bytes', 0):,} bytes",
               f"- margin: {arena['margin_pct']:g}% -> arena {arena['bytes']:,} bytes",
+              f"- memory plan: {arena.get('memory_plan', 'tflm')}; each segment's non-persistent head, "
+              "TFLM's plan of the exported file -> as embedded: "
+              + ", ".join(f"{s['nonpersistent_bytes']:,} -> {s['device_nonpersistent_bytes']:,}"
+                          for s in details.get("segments", [])
+                          if s.get("nonpersistent_bytes") is not None and s.get("device_nonpersistent_bytes") is not None),
               "- the host measurement runs on a 64-bit host, whose persistent TFLM structures are larger "
               "than on the 32-bit target, so it errs on the safe side", ""]
     if details.get("routed_layers"):

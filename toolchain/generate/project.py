@@ -47,7 +47,10 @@ def _align(n: int, a: int = 16) -> int:
 
 
 def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict],
-                 extra_payload: int = 0, stack_bytes: int = STACK_BYTES) -> dict:
+                 extra_payload: int = 0, stack_bytes: int = STACK_BYTES,
+                 answer_payload: int | None = None) -> dict:
+    """`extra_payload`: the largest request beyond ROUTE (the INFER image); `answer_payload`: the
+    largest answer beyond HELLO/ROUTED (None: as large as a request)."""
     sizes = render.routing_sizes(routed_layers)
     systick_hz = (board.qemu or {}).get("cpu_clock_hz", board.clock_hz)
     return {
@@ -55,6 +58,10 @@ def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict
         "routed_layers": routed_layers,
         "selftest_layers": list(render.SELFTEST_LAYERS),
         "max_payload": max(MIN_PAYLOAD, sizes["max_route_payload"], extra_payload),
+        # The answer buffer needs only the largest answer: at camera resolution the image
+        # request is 27-48 KB and no answer is more than a few KB.
+        "max_answer": max(MIN_PAYLOAD, sizes["max_route_payload"],
+                          extra_payload if answer_payload is None else answer_payload),
         "stack_bytes": stack_bytes,
         "systick_clock_hz": systick_hz,
         "model_id_literal": render.model_id_literal(plan_sha256),
@@ -100,29 +107,34 @@ def _c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board | None = None) -> dict:
+def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board | None = None,
+               heads: list | None = None, memory_plan: str = "in-place") -> dict:
     """One shared MicroAllocator: persistent parts add up, the non-persistent head is reused.
 
     `device` (arena.DeviceArena): the figure a firmware of this export reported, + TFLM's
-    temporary planning memory (toolchain/generate/arena.py) instead of the host measurement."""
+    temporary planning memory (toolchain/generate/arena.py) instead of the host measurement.
+    `heads`: the non-persistent bytes the wheel plans for each device segment (with its memory
+    plan), in place of the export's figures."""
     if device is not None:
         from toolchain.generate import arena as device_arena
 
         kernels = device_arena.check_compatible(device, board)
+        device_arena.check_memory_plan(device, memory_plan)
         margin_pct = 0.0 if margin_pct is None else margin_pct
-        temp = device_arena.temp_bytes(plan)
+        temp = device_arena.temp_bytes(plan, heads)
         total = _align(math.ceil(device.used_bytes * (1.0 + margin_pct / 100.0)) + temp)
         return {"measured_bytes": device.used_bytes,
                 "basis": (f"used on the device ({device.board}, {kernels} kernels) "
                           f"+ {temp} B of TFLM's temporary planning memory"), "report": device.report,
                 "source": "device", "device_board": device.board, "kernels": kernels, "temp_bytes": temp,
-                "own_kernel_bytes": 0, "margin_pct": margin_pct, "bytes": total}
+                "own_kernel_bytes": 0, "margin_pct": margin_pct, "bytes": total, "memory_plan": memory_plan}
     margin_pct = DEFAULT_ARENA_MARGIN_PCT if margin_pct is None else margin_pct
     split = all(s.persistent_bytes is not None and s.nonpersistent_bytes is not None for s in plan.segments)
     if split:
-        measured = (sum(s.persistent_bytes for s in plan.segments)
-                    + max(s.nonpersistent_bytes for s in plan.segments))
-        basis = "sum of the segments' persistent bytes + the largest non-persistent part"
+        head = max(heads) if heads else max(s.nonpersistent_bytes for s in plan.segments)
+        measured = sum(s.persistent_bytes for s in plan.segments) + head
+        basis = ("sum of the segments' persistent bytes + the largest non-persistent part"
+                 + (f" ({memory_plan} memory plan)" if heads else ""))
     else:
         measured = sum(s.arena_bytes for s in plan.segments)
         basis = ("sum of the segments' arenas" if len(plan.segments) > 1 else "the segment's arena")
@@ -130,6 +142,7 @@ def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board |
     # 16 bytes of alignment slack per interpreter on top of the margin
     total = _align(math.ceil((measured + own) * (1.0 + margin_pct / 100.0)) + 16 * len(plan.segments))
     return {"measured_bytes": measured, "basis": basis, "source": "host", "own_kernel_bytes": own,
+            "memory_plan": memory_plan,
             "margin_pct": margin_pct, "bytes": total}
 
 
@@ -146,7 +159,7 @@ def own_kernel_arena_bytes(plan: Plan) -> int:
 
 
 def model_context(plan: Plan, board: Board, margin_pct: float | None,
-                  device=None) -> tuple[dict, memory.MemoryBudget, dict]:
+                  device=None, memory_plan: str = "in-place") -> tuple[dict, memory.MemoryBudget, dict]:
     """Template context, memory budget and report details for a plan on a board."""
     layers = plan.routed_layers
     # Which segment outputs must survive until later: other segments' inputs, routers, logits.
@@ -182,13 +195,14 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
         routes_after = [{"index": layer.index, "name": layer.label,
                          "router_stage": stage[(layer.router.segment, layer.router.output)]}
                         for layer in layers if layer.router.segment == seg.index]
-        embedded = device_model.device_flatbuffer(seg.data)
+        embedded = device_model.device_flatbuffer(seg.data, in_place=memory_plan == "in-place")
         seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(embedded),
                         "device_sha256": device_model.sha256(embedded), "export_bytes": len(seg.data),
+                        "head_bytes": device_model.head_bytes(embedded),
                         "hex_rows": _hex_rows(embedded), "inputs": inputs, "outputs": outputs,
                         "routes_after": routes_after})
 
-    arena = arena_plan(plan, margin_pct, device, board)
+    arena = arena_plan(plan, margin_pct, device, board, [c["head_bytes"] for c in seg_ctx], memory_plan)
     # Profiler records of one INFER_PROFILE: each op of each segment, inputs/Invoke/outputs per
     # segment, one per routed layer.
     from toolchain.export.tflm_check import operators
@@ -208,7 +222,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
         raise RoutevitError(f"{plan.path}: segment 0 does not read the image; re-export the model "
                             "(routevit export)")
     ctx = base_context(board, plan.sha256, [dict(layer.to_dict(), name=layer.label) for layer in layers],
-                       extra_payload=max(input_bytes, result_bytes), stack_bytes=stack_bytes)
+                       extra_payload=max(input_bytes, result_bytes), stack_bytes=stack_bytes,
+                       # RESULT, or one PROFILE_RECORDS answer with every record (header + 8 B each)
+                       answer_payload=max(result_bytes, 4 + 8 * profile["max_records"]))
     logits_entry = plan.logits_entry
     class_names = plan.class_names or []
     ctx.update({
@@ -244,7 +260,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
     routing_bytes += 4 * ctx["max_dispatch_slots"] + 4 * ctx["max_combine_slots"] + 2 * ctx["max_experts"]
     budget.add("routing index buffers (dispatch, combine, counts)", routing_bytes, "ram")
     budget.add(f"profiler records ({profile['max_records']} x 8 bytes)", 8 * profile["max_records"], "ram")
-    budget.add("protocol buffers (frame parser + answer)", 2 * ctx["max_payload"] + 16, "ram")
+    budget.add("protocol buffers (frame parser + answer)", ctx["max_payload"] + ctx["max_answer"] + 16, "ram")
     budget.add(f"TFLM interpreters ({len(plan.segments)} x {INTERPRETER_OBJECT_BYTES} B) and op resolver",
                len(plan.segments) * INTERPRETER_OBJECT_BYTES + runtime_objects["resolver_bytes"], "ram")
     if any(s != 0 for s, _ in image_readers):
@@ -256,7 +272,10 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
         "arena": arena,
         "segments": [{"file": s.file, "bytes": len(s.data), "sha256": s.sha256, "device_bytes": c["bytes"],
                       "device_sha256": c["device_sha256"], "arena_bytes": s.arena_bytes,
-                      "persistent_bytes": s.persistent_bytes, "nonpersistent_bytes": s.nonpersistent_bytes}
+                      "persistent_bytes": s.persistent_bytes, "nonpersistent_bytes": s.nonpersistent_bytes,
+                      # the head TFLM plans for the segment as embedded (memory_plan.py), vs
+                      # nonpersistent_bytes: TFLM's own plan of the export's file
+                      "device_nonpersistent_bytes": c["head_bytes"]}
                      for s, c in zip(plan.segments, seg_ctx)],
         "staging": stages and [{k: s[k] for k in ("segment", "output", "name", "bytes")} for s in stages],
         "routed_layers": [{"name": l.name or "", "num_patches": l.num_patches, "num_experts": l.num_experts,
@@ -289,6 +308,7 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) 
         "arena_bytes": ctx["arena"]["bytes"],
         # Set when the arena was sized from a device run: `routevit build` must use these kernels.
         "arena_kernels": ctx["arena"].get("kernels"),
+        "memory_plan": ctx["arena"]["memory_plan"],
         "plan_sha256": plan.sha256,
         # Where the export was, so `routevit emulate PROJ` finds its host reference (load_project
         # checks the sha256): relative to the project first (both moved together), then absolute.
@@ -320,7 +340,7 @@ def check_margin(arena_margin_pct: float | None) -> None:
 
 
 def generate(exp_dir: Path, board_id: str, out: Path, arena_margin_pct: float | None = None,
-             arena_from: Path | None = None) -> dict:
+             arena_from: Path | None = None, memory_plan: str = "in-place") -> dict:
     """Check everything, then write the project atomically. Returns a summary dict.
 
     arena_margin_pct None: 10% over the host measurement, 0% over a device one (`arena_from`,
@@ -333,7 +353,7 @@ def generate(exp_dir: Path, board_id: str, out: Path, arena_margin_pct: float | 
         from toolchain.generate.arena import read_device_arena
 
         device = read_device_arena(arena_from, plan)
-    ctx, budget, details = model_context(plan, board, arena_margin_pct, device)
+    ctx, budget, details = model_context(plan, board, arena_margin_pct, device, memory_plan)
     overflow = budget.overflow_message()
     if overflow:
         raise RoutevitError(f"{plan.path}: the model does not fit {board.id}: {overflow}; choose a board with "
