@@ -66,21 +66,24 @@ def test_generate_writes_the_project_interface(tiny_exp, tmp_path):
     assert project["qemu"] == {"machine": "mps2-an386"}
     assert project["clock_hz"] == 25_000_000
     # TFLM's measured arena plus what routevit's own kernels keep in it (docs/design.md): their
-    # op data per op, and a 256-entry table per SiLU MUL; then the 10% margin and 16 B per segment
+    # op data per op of the segment as embedded, where each SiLU is one fused op with its
+    # 256-entry table (a SiLU MUL left unfused has a table too); then the 10% margin and 16 B per
+    # segment
     from toolchain.export.flatbuffer import read_graph, silu_muls
+    from toolchain.generate.device_model import SILU_OP, device_flatbuffer, head_bytes
     from toolchain.generate.render import OWN_KERNEL_BYTES
 
-    graph = read_graph((tiny_exp / plan["segments"][0]["file"]).read_bytes())
+    exported = read_graph((tiny_exp / plan["segments"][0]["file"]).read_bytes())
+    graph = read_graph(device_flatbuffer((tiny_exp / plan["segments"][0]["file"]).read_bytes()))
+    assert len(silu_muls(exported)) > 0 and [op.name for op in graph.ops].count(SILU_OP) == len(silu_muls(exported))
     silu = len(silu_muls(graph))
-    assert silu > 0 and "LOGISTIC" in {op.name for op in graph.ops}
     own = sum(OWN_KERNEL_BYTES.get(op.name, 0) for op in graph.ops) + 256 * silu
     # the head as the wheel plans the segment as embedded (with its in-place memory plan), the
     # persistent part as the export measured it
-    from toolchain.generate.device_model import device_flatbuffer, head_bytes
 
     segment = plan["segments"][0]
     head = head_bytes(device_flatbuffer((tiny_exp / segment["file"]).read_bytes()))
-    assert head < segment["nonpersistent_bytes"]   # the SiLU products write over their LOGISTICs
+    assert head < segment["nonpersistent_bytes"]   # the SiLU products write over x, LOGISTIC(x) is gone
     measured = segment["persistent_bytes"] + head
     assert project["arena_bytes"] == math.ceil((math.ceil((measured + own) * 1.10) + 16) / 16) * 16
     assert project["memory_plan"] == "in-place"
@@ -116,9 +119,11 @@ def test_op_resolver_model_data_and_arena(tiny_exp, tmp_path):
 
     methods = {op: resolver_method(op) for op in ops}
     resolver = (out / "src/op_resolver.h").read_text()
-    assert f"constexpr unsigned int kNumOps = {len(ops)};" in resolver
+    # every builtin of the export (a fused SiLU runs LOGISTIC's and MUL's code), plus the fused SiLU
+    assert f"constexpr unsigned int kNumOps = {len(ops) + 1};" in resolver
     assert sorted(line.split("resolver.")[1].split("(")[0] for line in resolver.splitlines()
-                  if "resolver.Add" in line) == sorted(methods[op] for op in ops)
+                  if "resolver.Add" in line) == sorted([methods[op] for op in ops] + ["AddCustom"])
+    assert 'resolver.AddCustom("ROUTEVIT_SILU", &registration)' in resolver
     model_data = (out / "src/model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_segment_0[kSegment0Bytes]" in model_data
     tflite = (tiny_exp / "segment_0.tflite").read_bytes()
@@ -431,7 +436,7 @@ def test_sub_uses_routevit_kernel_only_when_the_plan_has_sub(tiny_exp, tmp_path)
     env = render._environment()
     env.globals["header"] = render._header_fn(None, board.id)
     resolver = env.get_template("src/op_resolver.h.j2").render(
-        ops=["ADD"], op_methods={"ADD": "AddAdd"}, own_kernels=render.own_kernels(["ADD"]))
+        ops=["ADD"], custom_ops=[], op_methods={"ADD": "AddAdd"}, own_kernels=render.own_kernels(["ADD"]))
     assert "sub_kernel" not in resolver and "resolver.AddAdd()" in resolver
 
 
@@ -442,9 +447,11 @@ def test_device_flatbuffers_compute_what_the_export_computes(which, in_place, in
     smaller, keep every op, tensor and weight byte, keep buffers 16-byte aligned, and give the
     tflite-micro wheel bit-identical outputs and the same arena as the export's files; with the
     in-place memory plan (memory_plan.py) the same outputs from a head no larger, and smaller
-    for the routed export (its SiLU MULs write over their LOGISTIC)."""
+    for the routed export (its SiLU MULs write over their LOGISTIC). (The firmware's in-place
+    segments also fuse each SiLU into one op the wheel has not: those are checked against the
+    wheel by tests/test_own_kernels.py and on QEMU; here their head is no larger.)"""
     from toolchain.export.flatbuffer import read_graph, schema
-    from toolchain.generate.device_model import device_flatbuffer
+    from toolchain.generate.device_model import SILU_OP, device_flatbuffer, head_bytes
     from toolchain.hostref import tflm
 
     exp = tiny_exp if which == "dense" else export_fixture.routed_export(int8_artifacts)
@@ -453,9 +460,9 @@ def test_device_flatbuffers_compute_what_the_export_computes(which, in_place, in
     heads = []
     for entry in plan["segments"]:
         original = (exp / entry["file"]).read_bytes()
-        device = device_flatbuffer(original, in_place)
+        device = device_flatbuffer(original, in_place, fuse=False)
         assert len(device) < len(original), entry["file"]
-        assert device_flatbuffer(original, in_place) == device  # deterministic
+        assert device_flatbuffer(original, in_place, fuse=False) == device  # deterministic
         before, after = read_graph(original), read_graph(device)
         assert [(op.name, op.inputs, op.outputs) for op in before.ops] == \
             [(op.name, op.inputs, op.outputs) for op in after.ops]
@@ -490,6 +497,11 @@ def test_device_flatbuffers_compute_what_the_export_computes(which, in_place, in
             assert used_device["nonpersistent"] == used["nonpersistent"]
         assert used_device["persistent"] <= used["persistent"]
         heads.append((used["nonpersistent"], used_device["nonpersistent"]))
+        if in_place:
+            fused = device_flatbuffer(original, True)
+            silus = [op.name for op in read_graph(fused).ops].count(SILU_OP)
+            assert len(read_graph(fused).ops) == len(before.ops) - silus
+            assert head_bytes(fused) <= used_device["nonpersistent"]
     if in_place and which == "routed":
         assert max(d for _, d in heads) < max(h for h, _ in heads), heads
 

@@ -1,4 +1,5 @@
-"""routevit's table and reduce kernels (LOGISTIC, MUL, MEAN, SUM, SQUARED_DIFFERENCE, SUB) against the wheel.
+"""routevit's table and reduce kernels (LOGISTIC, MUL, MEAN, SUM, SQUARED_DIFFERENCE, SUB, the fused
+SiLU) against the wheel.
 
 Each kernel claims to compute exactly what TFLM's reference kernel computes, only faster
 (firmware_templates/project/src/logistic_lut_kernel.h, mul_kernel.h, reduce_kernel.h), so the
@@ -18,7 +19,7 @@ from host_cc import DRIVERS, compile_program, host_tflm_library, render_template
 pytestmark = pytest.mark.tflm
 
 KERNELS = ["logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
-           "int8_table"]
+           "silu_kernel", "int8_table"]
 SOURCES = [f"src/{k}.{ext}" for k in KERNELS for ext in ("cc", "h")]
 
 
@@ -139,3 +140,43 @@ def test_own_kernel_equals_tflm_and_the_wheel(kernels_exe, tmp_path, name, make,
         assert np.array_equal(got, expected), f"{name} record {r}: routevit's kernels != tflite-micro wheel"
         saturated += int(np.sum((got == -128) | (got == 127)))
     assert len(np.unique(ours)) > 8  # the outputs really vary: not a constant that happens to match
+
+
+SILU_MODELS = [m for m in MODELS if m[0].startswith("SiLU")]
+
+
+@pytest.mark.parametrize("name,make,ops", SILU_MODELS, ids=[m[0] for m in SILU_MODELS])
+def test_fused_silu_segment_equals_the_wheel_on_the_export(kernels_exe, tmp_path, name, make, ops):
+    """The device segment (`routevit generate`'s default in-place plan: SiLU fused into
+    ROUTEVIT_SILU, y planned over x) in TFLM with routevit's kernels, against the wheel running
+    the converter's LOGISTIC + MUL: equal on every int8 value, the extremes and random inputs.
+    The LOGISTIC that feeds no MUL stays a LOGISTIC."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    from toolchain.export.flatbuffer import read_graph
+    from toolchain.generate.device_model import SILU_OP, device_flatbuffer, head_bytes
+
+    model = make()
+    device = device_flatbuffer(model)
+    names = [op.name for op in read_graph(device).ops]
+    exported = [op.name for op in read_graph(model).ops]
+    assert names.count(SILU_OP) == 1 and names.count("LOGISTIC") == exported.count("LOGISTIC") - 1 == 1, names
+    assert names.count("MUL") == exported.count("MUL") - 1, names  # x * 0.5 stays a MUL
+    assert head_bytes(device) <= head_bytes(device_flatbuffer(model, fuse=False))
+    path = tmp_path / "device.tflite"
+    path.write_bytes(device)
+    graph = read_graph(model)
+    shape = graph.tensors[graph.inputs[0]].shape
+    records = _records(np.random.default_rng(12), shape, 16)
+    ours = np.frombuffer(run_program(kernels_exe, b"".join(r.tobytes() for r in records), args=[path, "routevit"]),
+                         np.int8)
+    wheel = runtime.Interpreter.from_bytes(model)
+    expected = []
+    for record in records:
+        wheel.set_input(record, 0)
+        wheel.invoke()
+        expected += [wheel.get_output(o).reshape(-1) for o in range(len(graph.outputs))]
+    expected = np.concatenate(expected)
+    assert ours.shape == expected.shape
+    assert np.array_equal(ours, expected), f"{name}: fused SiLU segment != tflite-micro wheel on the export"
+    assert len(np.unique(ours)) > 8

@@ -212,12 +212,13 @@ def run_evaluation(open_link, project: Project, *, data: str, limit: int, out: P
 
 
 def _profile(session, project: Project, images_q, device: DeviceRun, count: int, timeout_s: float) -> dict:
-    from toolchain.emulate.profile import profile_images
+    from toolchain.emulate.profile import profile_images, segment_ops
 
     unprofiled = dict(zip(device.indices, device.counters))
     indices = [i for i in range(min(count, len(images_q)))]
     log.info("%s: profiling images %s op by op", session.link.target, indices)
-    return profile_images(session, project.plan, images_q, indices, unprofiled, timeout_s)
+    ops = segment_ops(project.plan, fused=project.meta.get("memory_plan") == "in-place")
+    return profile_images(session, project.plan, images_q, indices, unprofiled, timeout_s, ops=ops)
 
 
 def _write_partial(project, target, data, labels, class_names, reference, images_u8, journal: Journal, hello,

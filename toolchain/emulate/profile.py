@@ -124,8 +124,23 @@ def flatbuffer_ops(data: bytes, segment: int, output_layers=()) -> list[OpInfo]:
     return out
 
 
-def segment_ops(plan) -> list[list[OpInfo]]:
-    return [flatbuffer_ops(seg.data, seg.index, [o.name for o in seg.outputs]) for seg in plan.segments]
+def segment_ops(plan, fused: bool = False) -> list[list[OpInfo]]:
+    """The ops of each segment as the device runs them; `fused`: the project embeds them with
+    their SiLUs fused (generate --memory-plan in-place): each fused LOGISTIC is gone and its MUL
+    is the fused op, so op indices are the device's."""
+    from toolchain.generate.device_model import SILU_OP, silu_fusions
+
+    out = []
+    for seg in plan.segments:
+        ops = flatbuffer_ops(seg.data, seg.index, [o.name for o in seg.outputs])
+        if fused:
+            pairs = silu_fusions(bytes(seg.data))
+            gone, fused_muls = {i for i, _ in pairs}, {j for _, j in pairs}
+            ops = [dataclasses.replace(info, op=SILU_OP) if info.index in fused_muls else info
+                   for info in ops if info.index not in gone]
+            ops = [dataclasses.replace(info, index=k) for k, info in enumerate(ops)]
+        out.append(ops)
+    return out
 
 
 def check_records(plan, ops: list[list[OpInfo]], records, what: str) -> None:

@@ -90,3 +90,25 @@ def silu_muls(graph: Graph) -> list[int]:
         if int8 and len(shapes) == 1 and (logistic_of.get(b) == a or logistic_of.get(a) == b):
             found.append(i)
     return found
+
+
+def silu_pairs(graph: Graph) -> list[tuple[int, int]]:
+    """(LOGISTIC op, MUL op) index pairs of the SiLUs whose LOGISTIC(x) feeds nothing but the
+    MUL(x, LOGISTIC(x)) of `silu_muls` and is no graph output: the pairs one fused op can
+    replace (toolchain/generate/device_model.py)."""
+    producer = {op.outputs[0]: i for i, op in enumerate(graph.ops) if op.outputs}
+    readers: dict[int, int] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    outputs = set(graph.outputs)
+    pairs = []
+    for j in silu_muls(graph):
+        a, b = graph.ops[j].inputs
+        for x, s in ((a, b), (b, a)):
+            i = producer.get(s)
+            if (i is not None and graph.ops[i].name == "LOGISTIC" and graph.ops[i].inputs[0] == x
+                    and readers.get(s) == 1 and s not in outputs):
+                pairs.append((i, j))
+                break
+    return pairs

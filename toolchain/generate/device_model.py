@@ -16,6 +16,14 @@ What goes, and why TFLM (90b983c2) does not miss it:
 - metadata entries other than "OfflineMemoryAllocation" (the only one TFLM reads); their
   buffers are emptied, so buffer indices stay as they are.
 
+With the in-place memory plan, each SiLU whose LOGISTIC(x) feeds only its MUL(x, LOGISTIC(x))
+also becomes one custom op, ROUTEVIT_SILU(x, q) -> y (`fuse_silu`; q: a one-byte constant with
+the LOGISTIC output's quantization), which routevit's kernel runs as TFLM's LOGISTIC then MUL
+folded into a 256-entry table (firmware_templates/project/src/silu_kernel.h): the LOGISTIC's
+output tensor, as large as x, is gone from the arena, and y can be planned over x. The wheel
+has no such op, so that segment's values are checked by the host g++ build of the kernel
+(tests/test_own_kernels.py) and on QEMU/Renode; `head_bytes` measures it on a memory twin.
+
 Buffer data stays 16-byte aligned as the converter writes it (TFLM reads int32 biases and
 CMSIS-NN reads weights through word loads in place).
 
@@ -43,6 +51,8 @@ BUFFER_ALIGNMENT = 16
 # Builtin codes (schema BuiltinOperator) whose int32 bias scales no int8 kernel reads.
 PER_CHANNEL_BIAS_OPS = {3, 4}  # CONV_2D, DEPTHWISE_CONV_2D
 TFLITE_FILE_IDENTIFIER = b"TFL3"
+SILU_CUSTOM_CODE = "ROUTEVIT_SILU"
+SILU_OP = f"CUSTOM:{SILU_CUSTOM_CODE}"  # its name in flatbuffer.read_graph
 
 
 def _aligned_buffer_class():
@@ -147,19 +157,137 @@ def _offline_plan(data: bytes, model) -> list | None:
     return memory_plan.metadata_words(offsets) if head < without else None
 
 
-def device_flatbuffer(data: bytes, in_place: bool = True) -> bytes:
+def _pack(model) -> bytes:
+    builder = __import__("flatbuffers").Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _drop_tensors(graph, dead: set) -> None:
+    """Removes tensors `dead` (used by no op) from subgraph `graph` (object API), renumbering."""
+    remap, kept = {}, []
+    for t, tensor in enumerate(graph.tensors):
+        if t not in dead:
+            remap[t] = len(kept)
+            kept.append(tensor)
+    graph.tensors = kept
+
+    def renumber(indices):
+        return None if indices is None else [remap[int(t)] if t >= 0 else int(t) for t in indices]
+
+    for op in graph.operators:
+        op.inputs, op.outputs = renumber(op.inputs), renumber(op.outputs)
+        op.intermediates = renumber(op.intermediates)
+    graph.inputs, graph.outputs = renumber(graph.inputs), renumber(graph.outputs)
+
+
+@functools.lru_cache(maxsize=64)
+def silu_fusions(data: bytes) -> tuple[tuple[int, int], ...]:
+    """The (LOGISTIC, MUL) op index pairs of `data` that `fuse_silu` fuses: flatbuffer.silu_pairs
+    whose MUL has no fused activation."""
+    from toolchain.export.flatbuffer import read_graph, silu_pairs
+
+    model = schema().Model.GetRootAsModel(data, 0)
+    if model.SubgraphsLength() != 1:
+        return ()
+    graph = read_graph(data)
+    found = []
+    for i, j in silu_pairs(graph):
+        options = graph.ops[j].options
+        if options is not None:
+            mul = schema().MulOptions()
+            mul.Init(options.Bytes, options.Pos)
+            if mul.FusedActivationFunction() != 0:
+                continue
+        found.append((i, j))
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=64)
+def fuse_silu(data: bytes) -> bytes:
+    """`data` with every fusable SiLU (flatbuffer.silu_pairs, MUL without a fused activation)
+    as one ROUTEVIT_SILU op in the MUL's place; the LOGISTIC and its output are removed.
+    Returns `data` itself when there is none."""
+    pairs = silu_fusions(data)
+    if not pairs:
+        return data
+    fb = schema()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    graph = model.subgraphs[0]
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
+    code.customCode = SILU_CUSTOM_CODE.encode()
+    code.version = 1
+    model.operatorCodes.append(code)
+    dead_ops, dead_tensors = set(), set()
+    for i, j in pairs:
+        x, s = int(graph.operators[i].inputs[0]), int(graph.operators[i].outputs[0])
+        quantization = fb.QuantizationParametersT()
+        quantization.scale = [float(v) for v in graph.tensors[s].quantization.scale]
+        quantization.zeroPoint = [int(v) for v in graph.tensors[s].quantization.zeroPoint]
+        constant = fb.TensorT()
+        constant.shape, constant.type, constant.quantization = [1], fb.TensorType.INT8, quantization
+        constant.buffer = len(model.buffers)
+        holder = fb.BufferT()
+        holder.data = np.zeros(1, np.uint8)  # the value is never read; data makes it a constant
+        model.buffers.append(holder)
+        graph.tensors.append(constant)
+        mul = graph.operators[j]
+        mul.opcodeIndex = len(model.operatorCodes) - 1
+        mul.inputs = [x, len(graph.tensors) - 1]
+        mul.builtinOptionsType, mul.builtinOptions = 0, None
+        dead_ops.add(i)
+        dead_tensors.add(s)
+    graph.operators = [op for k, op in enumerate(graph.operators) if k not in dead_ops]
+    model.signatureDefs = None  # their tensor indices would be stale; _compact drops them anyway
+    _drop_tensors(graph, dead_tensors)
+    return _pack(model)
+
+
+def device_flatbuffer(data: bytes, in_place: bool = True, fuse: bool | None = None) -> bytes:
     """The segment `data` (a .tflite flatbuffer) as the firmware embeds it; `in_place`: with
-    the offline memory plan of memory_plan.py (in-place elementwise ops)."""
-    return _compact(bytes(data), bool(in_place))
+    the offline memory plan of memory_plan.py (in-place elementwise ops); `fuse` (default: as
+    `in_place`): with its SiLUs fused (`fuse_silu`)."""
+    data = bytes(data)
+    if in_place if fuse is None else fuse:
+        data = fuse_silu(data)
+    return _compact(data, bool(in_place))
+
+
+def memory_twin(device_data: bytes) -> bytes:
+    """`device_data` with each ROUTEVIT_SILU(x, q) -> y run as TFLM's MUL(x, q) -> y: the same
+    tensors, lifetimes and offline plan, no scratch buffer either way, so the wheel plans the
+    same head; its values mean nothing."""
+    fb = schema()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(device_data), 0)
+    codes = model.operatorCodes or []
+    custom = {k for k, c in enumerate(codes) if (c.customCode or b"") == SILU_CUSTOM_CODE.encode()}
+    if not custom:
+        return device_data
+    mul = next((k for k, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode)
+                == fb.BuiltinOperator.MUL), None)
+    if mul is None:
+        code = fb.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.MUL
+        code.version = 1
+        codes.append(code)
+        mul = len(codes) - 1
+    for op in model.subgraphs[0].operators:
+        if op.opcodeIndex in custom:
+            op.opcodeIndex = mul
+            op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.MulOptions, fb.MulOptionsT()
+    return _pack(model)
 
 
 @functools.lru_cache(maxsize=64)
 def head_bytes(device_data: bytes) -> int:
     """The arena head (non-persistent bytes) the tflite-micro wheel plans for a device
-    flatbuffer: with its offline plan when it has one."""
+    flatbuffer: with its offline plan when it has one, on its `memory_twin` when it has
+    ROUTEVIT_SILU ops."""
     from toolchain.export.flatbuffer import read_graph
     from toolchain.hostref import tflm
 
+    device_data = memory_twin(device_data)
     interp, messages = tflm.load(device_data)
     if interp is None:
         raise RoutevitError(f"TFLite Micro refuses a device segment ({' '.join(messages.split())[:200]}); "

@@ -19,7 +19,8 @@ for them reads input element i, then writes output element i, in one pass):
   routevit's table kernels (int8_table.cc LookUpInt8 loads four, then stores four); with a
   broadcast, only the input whose shape equals the output's is overwritten, which the
   broadcast loops index like the output;
-- LOGISTIC, QUANTIZE (int8 to int8): elementwise tables and requantize loops;
+- LOGISTIC, QUANTIZE (int8 to int8), routevit's fused SiLU (CUSTOM:ROUTEVIT_SILU): elementwise
+  tables and requantize loops;
 - RESHAPE: a copy skipped when the buffers are the same.
 Only int8 tensors of the output's byte size qualify, the input must not be a segment output,
 and it must be last used by this op.
@@ -32,7 +33,8 @@ from dataclasses import dataclass, field
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment()
 ONLINE = -1     # kOnlinePlannedBuffer
-IN_PLACE_OPS = frozenset({"ADD", "SUB", "MUL", "SQUARED_DIFFERENCE", "LOGISTIC", "QUANTIZE", "RESHAPE"})
+IN_PLACE_OPS = frozenset({"ADD", "SUB", "MUL", "SQUARED_DIFFERENCE", "LOGISTIC", "QUANTIZE", "RESHAPE",
+                          "CUSTOM:ROUTEVIT_SILU"})
 ELEMENT_BYTES = {"INT8": 1, "UINT8": 1, "INT16": 2, "INT32": 4, "FLOAT32": 4, "INT64": 8, "BOOL": 1}
 
 

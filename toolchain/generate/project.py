@@ -68,6 +68,7 @@ def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict
         "stop_frame_bytes": list(encode_frame(MsgType.STOP, 0, b"\x00")),
         "own_kernels": {},
         "own_kernel_sources": [],
+        "custom_ops": [],
         **sizes,
     }
 
@@ -138,7 +139,7 @@ def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board |
     else:
         measured = sum(s.arena_bytes for s in plan.segments)
         basis = ("sum of the segments' arenas" if len(plan.segments) > 1 else "the segment's arena")
-    own = own_kernel_arena_bytes(plan)
+    own = own_kernel_arena_bytes(plan, memory_plan)
     # 16 bytes of alignment slack per interpreter on top of the margin
     total = _align(math.ceil((measured + own) * (1.0 + margin_pct / 100.0)) + 16 * len(plan.segments))
     return {"measured_bytes": measured, "basis": basis, "source": "host", "own_kernel_bytes": own,
@@ -146,13 +147,14 @@ def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board |
             "margin_pct": margin_pct, "bytes": total}
 
 
-def own_kernel_arena_bytes(plan: Plan) -> int:
-    """What routevit's own kernels add to the arena beyond TFLM's kernels (render.OWN_KERNEL_BYTES)."""
+def own_kernel_arena_bytes(plan: Plan, memory_plan: str = "tflm") -> int:
+    """What routevit's own kernels add to the arena beyond TFLM's kernels (render.OWN_KERNEL_BYTES),
+    for the segments as embedded with `memory_plan` (in-place: SiLUs fused)."""
     from toolchain.export.flatbuffer import read_graph, silu_muls
 
     total = 0
     for seg in plan.segments:
-        graph = read_graph(seg.data)
+        graph = read_graph(device_model.device_flatbuffer(seg.data, in_place=memory_plan == "in-place"))
         total += sum(render.OWN_KERNEL_BYTES.get(op.name, 0) for op in graph.ops)
         total += render.SILU_TABLE_BYTES * len(silu_muls(graph))
     return total
@@ -173,7 +175,10 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
     stages = [{"symbol": sym, "segment": s, "output": o, "name": plan.segments[s].outputs[o].name,
                "bytes": plan.segments[s].outputs[o].bytes} for (s, o), sym in sorted(stage.items())]
 
+    from toolchain.export.tflm_check import operators
+
     seg_ctx = []
+    embedded_ops = []  # per segment, the ops as embedded (SiLUs fused with the in-place plan)
     for seg in plan.segments:
         inputs = []
         for i, entry in enumerate(seg.inputs):
@@ -196,6 +201,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
                          "router_stage": stage[(layer.router.segment, layer.router.output)]}
                         for layer in layers if layer.router.segment == seg.index]
         embedded = device_model.device_flatbuffer(seg.data, in_place=memory_plan == "in-place")
+        embedded_ops.append(operators(embedded))
         seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(embedded),
                         "device_sha256": device_model.sha256(embedded), "export_bytes": len(seg.data),
                         "head_bytes": device_model.head_bytes(embedded),
@@ -205,17 +211,16 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
     arena = arena_plan(plan, margin_pct, device, board, [c["head_bytes"] for c in seg_ctx], memory_plan)
     # Profiler records of one INFER_PROFILE: each op of each segment, inputs/Invoke/outputs per
     # segment, one per routed layer.
-    from toolchain.export.tflm_check import operators
-
-    op_counts = [len(operators(seg.data)) for seg in plan.segments]
+    op_counts = [len(seg_ops) for seg_ops in embedded_ops]
     profile = {"op_counts": op_counts, "max_records": sum(n + 3 for n in op_counts) + len(layers)}
     shape = [int(v) for v in plan.input.shape]
     input_bytes = math.prod(shape)
     result_bytes = 10 + plan.num_classes + sum(2 * layer.num_experts for layer in layers)
-    ops = plan.ops
+    ops = plan.ops  # the builtins the TFLM library builds (a fused SiLU calls LOGISTIC's and MUL's code)
+    custom_ops = sorted({name for seg_ops in embedded_ops for name, _ in seg_ops if name.startswith("CUSTOM:")})
     stack_bytes = STACK_BYTES
     runtime_objects = {"interpreter_bytes": INTERPRETER_OBJECT_BYTES,
-                       "resolver_bytes": OP_RESOLVER_BASE_BYTES + OP_REGISTRATION_BYTES * len(ops)}
+                       "resolver_bytes": OP_RESOLVER_BASE_BYTES + OP_REGISTRATION_BYTES * (len(ops) + len(custom_ops))}
     image_readers = [(seg.index, i) for seg in plan.segments for i, entry in enumerate(seg.inputs)
                      if entry.source.kind == "image"]
     if not any(s == 0 for s, _ in image_readers):
@@ -229,8 +234,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
     class_names = plan.class_names or []
     ctx.update({
         "segments": seg_ctx, "stages": stages, "arena": arena, "profile": profile, "ops": ops, "op_methods": tflm_op_methods(),
-        "own_kernels": render.own_kernels(ops),
-        "own_kernel_sources": sorted({src for entry in render.own_kernels(ops).values()
+        "custom_ops": custom_ops,
+        "own_kernels": render.own_kernels(ops + custom_ops),
+        "own_kernel_sources": sorted({src for entry in render.own_kernels(ops + custom_ops).values()
                                       for src in entry["sources"] if src.endswith(".cc")}),
         "num_classes": plan.num_classes,
         "logits": {"stage": stage[(plan.logits.segment, plan.logits.output)],

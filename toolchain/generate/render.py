@@ -51,6 +51,10 @@ OWN_KERNELS = {
                                        *TABLE_SOURCES),
                            "header": "squared_difference_kernel.h",
                            "registration": "routevit::Register_SQUARED_DIFFERENCE_TABLE()"},
+    # the SiLUs generate fuses into one op (toolchain/generate/device_model.py fuse_silu)
+    "CUSTOM:ROUTEVIT_SILU": {"sources": ("src/silu_kernel.h", "src/silu_kernel.cc", *TABLE_SOURCES),
+                             "header": "silu_kernel.h", "registration": "routevit::Register_SILU_LUT()",
+                             "custom_code": "ROUTEVIT_SILU"},
     "MEAN": {"sources": ("src/reduce_kernel.h", "src/reduce_kernel.cc"), "header": "reduce_kernel.h",
              "registration": "routevit::Register_MEAN_CONTIGUOUS()"},
     "SUM": {"sources": ("src/reduce_kernel.h", "src/reduce_kernel.cc"), "header": "reduce_kernel.h",
@@ -61,7 +65,8 @@ OWN_KERNELS = {
 # kernel for that op does (the host measures the arena with TFLM's kernels): op data rounded up
 # to TFLM's 16-byte persistent alignment; the kernels static_assert their op data fits. A SiLU
 # MUL also allocates its 256-entry table (SILU_TABLE_BYTES).
-OWN_KERNEL_BYTES = {"LOGISTIC": 272, "MUL": 16, "MEAN": 32, "SUM": 32, "SUB": 16, "SQUARED_DIFFERENCE": 16}
+OWN_KERNEL_BYTES = {"LOGISTIC": 272, "MUL": 16, "MEAN": 32, "SUM": 32, "SUB": 16, "SQUARED_DIFFERENCE": 16,
+                    "CUSTOM:ROUTEVIT_SILU": 256}
 SILU_TABLE_BYTES = 256
 
 # Board UART kind -> the driver template rendered as src/board/uart.c
@@ -79,6 +84,8 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.globals["own_kernel_bytes"] = OWN_KERNEL_BYTES
+    env.globals["silu_op"] = "CUSTOM:ROUTEVIT_SILU"
+    env.globals["silu_custom_code"] = OWN_KERNELS["CUSTOM:ROUTEVIT_SILU"]["custom_code"]
     return env
 
 
@@ -154,7 +161,8 @@ def render_project(dest: Path, board: Board, context: dict, with_model: bool) ->
     ctx["protocol_version"] = PROTOCOL_VERSION
     ctx["protocol"] = protocol.c_constants()  # src/protocol_constants.h: generated, not copied
     written = []
-    for target, template in template_files(with_model, board, ctx.get("ops", [])).items():
+    ops = list(ctx.get("ops", [])) + list(ctx.get("custom_ops", []))
+    for target, template in template_files(with_model, board, ops).items():
         text = env.get_template(template).render(**ctx)
         out = dest / target
         out.parent.mkdir(parents=True, exist_ok=True)
