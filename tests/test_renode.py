@@ -30,8 +30,9 @@ needs_gcc = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
                                reason="needs arm-none-eabi-gcc (Debian: apt-get install gcc-arm-none-eabi)")
 
 # The boards the self-test runs on: both MPS2-style generated CMSDK platforms and the three
-# vendor UARTs (STM32F4 USART, STM32F7 USART, nRF52 UARTE).
-SELFTEST_BOARDS = ["mps2-an386", "stm32f746g-disco", "nrf52840-dk", "stm32f4-discovery"]
+# vendor UARTs (STM32F4 USART, STM32F7 USART on the F746 and, with the H7's clock enables and
+# memory map, the H743, nRF52 UARTE).
+SELFTEST_BOARDS = ["mps2-an386", "stm32f746g-disco", "stm32h743", "nrf52840-dk", "stm32f4-discovery"]
 MODEL_BOARDS = ["mps2-an386", "stm32f746g-disco"]
 MODEL_IMAGES = 5
 USER_CACHE = os.environ.get("ROUTEVIT_CACHE") or str(Path.home() / ".cache" / "routevit")

@@ -106,7 +106,7 @@ def _parse(board_id: str, raw: dict, cores: dict) -> Board:
     regions = tuple(
         MemoryRegion(name, _int(r["origin"]), _int(r["size"]), r.get("what", ""))
         for name, r in raw["memory"].items())
-    uart = {k: (_int(v) if k in ("base", "rcc_base") else v) for k, v in raw["uart"].items()}
+    uart = {k: (_int(v) if k in ("base", "rcc_base", "gpio_base") else v) for k, v in raw["uart"].items()}
     return Board(
         id=board_id, title=raw["title"], core_family=raw["core_family"], core=core["core"],
         cpu_flags=tuple(core["cpu_flags"]), fpu=bool(core["fpu"]), regions=regions,

@@ -26,6 +26,7 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "layer5")
 # Stages that end in a MobileViTBlockV2 (transformer layers inside).
 MVIT_STAGES = ("layer3", "layer4", "layer5")
 IMAGENET_STRIDES = (2, 1, 2, 2, 2, 2)
+MV2_EXPAND_RATIOS = (2, 2, 2, 2, 2)  # layer1..layer5, ml-cvnets mv2_exp_mult
 PATCH = 2  # MobileViTV2 unfolds into 2x2 patches
 MIN_PATCHES_PER_SIDE = 2  # a MobileViT block needs at least 2x2 patches
 
@@ -86,6 +87,8 @@ class ModelConfig:
       whose stride is 1 still starts with its inverted residual (stride 1), so channel widths and
       parameter counts do not depend on the stride schedule.
     transformer_depths: transformer layers in layer3, layer4, layer5 (ml-cvnets: [2, 4, 3]).
+    expand_ratios: the inverted residuals' expansion in layer1..layer5 (ml-cvnets: 2 everywhere);
+      1 drops the expand conv (its output is the largest activation at camera resolution).
     norm: normalisation inside transformer blocks: "group" (GroupNorm with 1 group, ml-cvnets'
       layer_norm_2d) or "batch".
     dropout: before the classifier; ffn_dropout: inside each FFN; attn_dropout: on attention scores.
@@ -98,6 +101,7 @@ class ModelConfig:
     norm: str = "group"
     strides: list = dataclasses.field(default_factory=lambda: list(IMAGENET_STRIDES))
     transformer_depths: list = dataclasses.field(default_factory=lambda: [2, 4, 3])
+    expand_ratios: list = dataclasses.field(default_factory=lambda: list(MV2_EXPAND_RATIOS))
     ffn_multiplier: float = 2.0
     dropout: float = 0.0
     ffn_dropout: float = 0.0
@@ -258,7 +262,8 @@ def _model_from_dict(data: Any, source: str) -> ModelConfig:
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     _reject_unknown(data, fields, source, "model.")
     kinds = {"width_multiplier": float, "num_classes": int, "image_size": int, "in_channels": int,
-             "norm": str, "strides": list, "transformer_depths": list, "ffn_multiplier": float,
+             "norm": str, "strides": list, "transformer_depths": list, "expand_ratios": list,
+             "ffn_multiplier": float,
              "dropout": float, "ffn_dropout": float, "attn_dropout": float}
     kwargs = {}
     for key, kind in kinds.items():
@@ -388,6 +393,10 @@ def _validate_model(cfg: ModelConfig, source: str):
                    for d in cfg.transformer_depths)):
         bad("transformer_depths", f"must be 3 integers in 1..12 for layer3..layer5, "
                                   f"got {json.dumps(cfg.transformer_depths)}")
+    if (len(cfg.expand_ratios) != 5
+            or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 1 <= r <= 8
+                   for r in cfg.expand_ratios)):
+        bad("expand_ratios", f"must be 5 numbers in [1, 8] for layer1..layer5, got {json.dumps(cfg.expand_ratios)}")
     if not 0.5 <= cfg.ffn_multiplier <= 8:
         bad("ffn_multiplier", f"must be in [0.5, 8], got {cfg.ffn_multiplier}")
     for key in ("dropout", "ffn_dropout", "attn_dropout"):

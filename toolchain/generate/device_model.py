@@ -279,6 +279,51 @@ def memory_twin(device_data: bytes) -> bytes:
     return _pack(model)
 
 
+def planned_offsets(device_data: bytes) -> list | None:
+    """The arena-head offset of each tensor from a device segment's OfflineMemoryAllocation
+    metadata (memory_plan.ONLINE for tensors TFLM plans), or None when it has none."""
+    fb = schema()
+    model = fb.Model.GetRootAsModel(device_data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() in TFLM_METADATA:
+            words = model.Buffers(entry.Buffer()).DataAsNumpy().view("<i4")
+            return [int(v) for v in words[3:3 + int(words[2])]]
+    return None
+
+
+def idle_region(segments: list[bytes], image_input: int) -> dict:
+    """Where the arena is idle between two inferences, from the device segments' offline plans:
+    every segment's tensors lie in [0, extent) of the arena (TFLM places all interpreters'
+    heads from its start), and nothing there is live between inferences except segment 0's
+    image input (graph input `image_input`). {"offset", "bytes", "image_offset", "extent"} of
+    the larger side of that input; bytes 0 when segment 0 has no offline plan. (A segment TFLM
+    plans itself only adds to the head; the extent counts the offline-planned ones, which lie
+    exactly where their plans say.)"""
+    from toolchain.export.flatbuffer import read_graph
+    from toolchain.generate.memory_plan import ALIGNMENT, ONLINE, tensor_bytes
+
+    none = {"offset": 0, "bytes": 0, "image_offset": 0, "extent": 0}
+    if planned_offsets(segments[0]) is None:
+        return none
+    extent = 0
+    for data in segments:
+        offsets = planned_offsets(data)
+        if offsets is None:
+            continue
+        graph = read_graph(data)
+        extent = max([extent] + [o + tensor_bytes(graph.tensors[t]) for t, o in enumerate(offsets) if o != ONLINE])
+    graph = read_graph(segments[0])
+    image = graph.inputs[image_input]
+    start = planned_offsets(segments[0])[image]
+    if start == ONLINE:
+        return none
+    end = -(-(start + tensor_bytes(graph.tensors[image])) // ALIGNMENT) * ALIGNMENT
+    before, after = start, max(0, extent - end)
+    offset, size = (0, before) if before >= after else (end, after)
+    return {"offset": offset, "bytes": size, "image_offset": start, "extent": extent}
+
+
 @functools.lru_cache(maxsize=64)
 def head_bytes(device_data: bytes) -> int:
     """The arena head (non-persistent bytes) the tflite-micro wheel plans for a device

@@ -17,7 +17,7 @@ from toolchain.errors import RoutevitError
 from toolchain.fsutil import atomic_output_dir
 from toolchain.generate import device_model, memory, render
 from toolchain.plan import Plan, read_plan
-from toolchain.protocol import MsgType, STOP_SENTINEL, encode_frame
+from toolchain.protocol import CRC_BYTES, HEADER_BYTES, MsgType, STOP_SENTINEL, encode_frame
 
 log = logging.getLogger("routevit")
 
@@ -69,6 +69,7 @@ def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict
         "own_kernels": {},
         "own_kernel_sources": [],
         "custom_ops": [],
+        "frame_in_arena": False,
         **sizes,
     }
 
@@ -232,9 +233,15 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
                        answer_payload=max(result_bytes, 4 + 8 * profile["max_records"]))
     logits_entry = plan.logits_entry
     class_names = plan.class_names or []
+    idle = device_model.idle_region([device_model.device_flatbuffer(seg.data, in_place=memory_plan == "in-place")
+                                     for seg in plan.segments], image_input=next(i for s, i in image_readers if s == 0))
+    frame_bytes = HEADER_BYTES + ctx["max_payload"] + CRC_BYTES
+    # The evaluation firmware's frames go to the arena's idle head when they fit there.
+    frame_in_arena = idle["bytes"] >= frame_bytes
     ctx.update({
         "segments": seg_ctx, "stages": stages, "arena": arena, "profile": profile, "ops": ops, "op_methods": tflm_op_methods(),
         "custom_ops": custom_ops,
+        "idle": idle, "frame_in_arena": frame_in_arena,
         "own_kernels": render.own_kernels(ops + custom_ops),
         "own_kernel_sources": sorted({src for entry in render.own_kernels(ops + custom_ops).values()
                                       for src in entry["sources"] if src.endswith(".cc")}),
@@ -266,7 +273,10 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
     routing_bytes += 4 * ctx["max_dispatch_slots"] + 4 * ctx["max_combine_slots"] + 2 * ctx["max_experts"]
     budget.add("routing index buffers (dispatch, combine, counts)", routing_bytes, "ram")
     budget.add(f"profiler records ({profile['max_records']} x 8 bytes)", 8 * profile["max_records"], "ram")
-    budget.add("protocol buffers (frame parser + answer)", ctx["max_payload"] + ctx["max_answer"] + 16, "ram")
+    if frame_in_arena:
+        budget.add("protocol answer buffer (frames land in the arena's idle head)", ctx["max_answer"] + 16, "ram")
+    else:
+        budget.add("protocol buffers (frame parser + answer)", ctx["max_payload"] + ctx["max_answer"] + 16, "ram")
     budget.add(f"TFLM interpreters ({len(plan.segments)} x {INTERPRETER_OBJECT_BYTES} B) and op resolver",
                len(plan.segments) * INTERPRETER_OBJECT_BYTES + runtime_objects["resolver_bytes"], "ram")
     if any(s != 0 for s, _ in image_readers):
@@ -290,6 +300,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
                           for l in layers],
         "stack_bytes": stack_bytes,
         "max_payload": ctx["max_payload"],
+        "idle_buffer": dict(idle, frame_in_arena=frame_in_arena),
     }
     return ctx, budget, details
 
@@ -315,6 +326,9 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) 
         # Set when the arena was sized from a device run: `routevit build` must use these kernels.
         "arena_kernels": ctx["arena"].get("kernels"),
         "memory_plan": ctx["arena"]["memory_plan"],
+        # routevit_model_idle_buffer: the arena bytes idle between inferences (the evaluation
+        # firmware's frames land there when frame_in_arena)
+        "idle_buffer": details["idle_buffer"],
         "plan_sha256": plan.sha256,
         # Where the export was, so `routevit emulate PROJ` finds its host reference (load_project
         # checks the sha256): relative to the project first (both moved together), then absolute.

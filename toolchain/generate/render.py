@@ -190,7 +190,7 @@ def _board_view(board: Board) -> _Obj:
         uart["pins"] = _Obj(uart["pins"])
     return _Obj(id=board.id, title=board.title, core=board.core, core_family=board.core_family,
                 cpu_flags=list(board.cpu_flags), fpu=board.fpu, regions=regions,
-                placement=_Obj(board.placement), uart=uart, clock_hz=board.clock_hz,
+                placement=_Obj(board.placement), uart=uart, clock_hz=board.clock_hz, boot_clock_hz=board.boot_clock_hz,
                 counter=board.counter, qemu=board.qemu, renode=_Obj(board.renode or {}),
                 has_renode=board.renode is not None)
 

@@ -46,15 +46,17 @@ def build_model(cfg: ModelConfig, batch_size: int | None = None, name: str | Non
 
     x = _conv_bn(image, dims["stem"].out_channels, 3, strides["stem"], True, "stem")
     channels = dims["stem"].out_channels
+    expand = dict(zip(("layer1", "layer2", *MVIT_STAGES), cfg.expand_ratios))
     for stage, blocks in (("layer1", 1), ("layer2", 2)):
         for i in range(blocks):
             x = _inverted_residual(x, channels, dims[stage].out_channels,
-                                   strides[stage] if i == 0 else 1, f"{stage}_ir{i}")
+                                   strides[stage] if i == 0 else 1, f"{stage}_ir{i}", expand[stage])
             channels = dims[stage].out_channels
     for stage in MVIT_STAGES:
         # ml-cvnets starts a MobileViT stage with an inverted residual when its stride is 2;
         # routevit keeps it for stride 1 too so the widths (and parameters) stay the same.
-        x = _inverted_residual(x, channels, dims[stage].out_channels, strides[stage], f"{stage}_ir0")
+        x = _inverted_residual(x, channels, dims[stage].out_channels, strides[stage], f"{stage}_ir0",
+                               expand[stage])
         channels = dims[stage].out_channels
         x = _mobilevit_block(x, cfg, stage, dims[stage], sizes[stage])
 
@@ -83,10 +85,16 @@ def _conv_bn(x, filters, kernel, stride, act, name, depthwise=False):
     return x
 
 
-def _inverted_residual(x, in_channels, out_channels, stride, name):
-    """MobileNetV2 block as ml-cvnets' InvertedResidual (expand 2, SiLU, BN after every conv)."""
-    hidden = make_divisible(int(round(in_channels * MV2_EXPAND)), 8)
-    y = _conv_bn(x, hidden, 1, 1, True, f"{name}_expand")
+def _inverted_residual(x, in_channels, out_channels, stride, name, expand_ratio=MV2_EXPAND):
+    """MobileNetV2 block as ml-cvnets' InvertedResidual (expand `expand_ratio`, 2 in ml-cvnets;
+    SiLU, BN after every conv). With ratio 1 there is no expand conv, as in ml-cvnets: at camera
+    resolution that conv's output is the largest tensor of the network."""
+    hidden = make_divisible(int(round(in_channels * expand_ratio)), 8)
+    y = x
+    if expand_ratio != 1:
+        y = _conv_bn(x, hidden, 1, 1, True, f"{name}_expand")
+    else:
+        hidden = in_channels
     y = _conv_bn(y, hidden, 3, stride, True, f"{name}_dw", depthwise=True)
     y = _conv_bn(y, out_channels, 1, 1, False, f"{name}_project")
     if stride == 1 and in_channels == out_channels:
