@@ -13,9 +13,9 @@ from toolchain.errors import RoutevitError
 KB, MB = 1024, 1024 * 1024
 
 
-def test_catalog_lists_the_six_boards():
+def test_catalog_lists_the_seven_boards():
     assert board_ids() == ["mps2-an386", "mps2-an500", "mps3-an547", "nrf52840-dk",
-                           "stm32f4-discovery", "stm32f746g-disco"]
+                           "stm32f4-discovery", "stm32f746g-disco", "stm32h743"]
 
 
 @pytest.mark.parametrize("board_id, core, flash, ram, uart_base, machine", [
@@ -25,6 +25,7 @@ def test_catalog_lists_the_six_boards():
     ("stm32f4-discovery", "cortex-m4", (0x08000000, 1 * MB), (0x20000000, 128 * KB), 0x40011000, "netduinoplus2"),
     ("stm32f746g-disco", "cortex-m7", (0x08000000, 1 * MB), (0x20000000, 320 * KB), 0x40011000, None),
     ("nrf52840-dk", "cortex-m4", (0x0, 1 * MB), (0x20000000, 256 * KB), 0x40002000, None),
+    ("stm32h743", "cortex-m7", (0x08000000, 2 * MB), (0x20000000, 128 * KB), 0x40004800, None),
 ])
 def test_board_facts(board_id, core, flash, ram, uart_base, machine):
     board = get_board(board_id)
@@ -85,3 +86,13 @@ def test_qemu_knows_every_catalog_machine():
     for board in all_boards():
         if board.qemu_machine:
             assert board.qemu_machine in machines.split()
+
+
+def test_h743_puts_the_arena_in_its_512_kb_axi_sram():
+    """The H743's 1 MB of SRAM is six blocks (the 64 KB ITCM unused); the arena goes to the
+    largest (AXI SRAM), data, buffers and stack to the DTCM."""
+    board = get_board("stm32h743")
+    assert (board.region("axisram").origin, board.region("axisram").size) == (0x24000000, 512 * KB)
+    assert board.placement == {"model": "flash", "arena": "axisram"}
+    assert sum(r.size for r in board.regions if r.name != "flash") == 992 * KB  # + the 64 KB ITCM
+    assert board.uart["gpio_base"] == 0x58020000 and board.uart["rcc_uart_enable"] == {"offset": "0xE8", "bit": 18}

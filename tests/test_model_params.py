@@ -79,12 +79,15 @@ def test_dense_fixed_batch_converts_to_tflm_ops_only():
     model = build_model(cfg, batch_size=1)
     flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     interpreter = tf.lite.Interpreter(model_content=flatbuffer)
-    ops = set(op["op_name"] for op in interpreter._get_ops_details())
-    # no dynamic-shape ops, no TRANSPOSE / BATCH_MATMUL (TFLM lacks or MLTK rejects them)
-    assert not ops & {"SHAPE", "FILL", "PACK", "REDUCE_PROD", "TRANSPOSE", "BATCH_MATMUL"}, ops
+    names = [op["op_name"] for op in interpreter._get_ops_details()]
+    ops = set(names)
+    # no dynamic-shape ops, no BATCH_MATMUL
+    assert not ops & {"SHAPE", "FILL", "PACK", "REDUCE_PROD", "BATCH_MATMUL"}, ops
     assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MUL", "SUB", "LOGISTIC", "MEAN", "RSQRT",
                    "SQUARED_DIFFERENCE", "RESHAPE", "STRIDED_SLICE", "SOFTMAX", "CONCATENATION",
-                   "SUM", "RELU", "SPACE_TO_DEPTH", "DEPTH_TO_SPACE", "FULLY_CONNECTED"}, ops
+                   "SUM", "RELU", "SPACE_TO_DEPTH", "DEPTH_TO_SPACE", "FULLY_CONNECTED", "TRANSPOSE"}, ops
+    # each attention's softmax over N: one SOFTMAX between two TRANSPOSEs (SeparableAttention)
+    assert names.count("SOFTMAX") == 3 and names.count("TRANSPOSE") == 6, collections.Counter(names)
 
 
 def bad_config(tmp_path, model_changes=None, extra=None, name="bad.json"):
@@ -102,6 +105,8 @@ def bad_config(tmp_path, model_changes=None, extra=None, name="bad.json"):
     ({"in_channels": 2}, None, ["bad.json", "model.in_channels"]),
     ({"norm": "layer"}, None, ["model.norm"]),
     ({"strides": [2, 1, 2]}, None, ["model.strides"]),
+    ({"expand_ratios": [2, 2, 2]}, None, ["model.expand_ratios", "layer1..layer5"]),
+    ({"expand_ratios": [0.5, 2, 2, 2, 2]}, None, ["model.expand_ratios", "[1, 8]"]),
     ({"moe": {"layers": ["layer3.5"]}}, None, ["model.moe.layers", "layer3.5"]),
     ({"moe": {"layers": ["layer3.0"], "top_k": 3}}, None, ["model.moe.top_k"]),
     ({"moe": {"layers": ["layer3.0"], "experts": 4}}, None, ["model.moe.experts"]),
@@ -153,3 +158,21 @@ def test_batch_norm_option_in_transformer_blocks():
     model = build_model(cfg)
     assert isinstance(model.get_layer("layer3_mvit_t0_attn_norm"), keras.layers.BatchNormalization)
     assert not any(isinstance(layer, GroupNorm1) for layer in model.layers)
+
+
+def test_expand_ratio_1_drops_the_expand_conv_and_its_largest_activation():
+    """ml-cvnets' InvertedResidual without exp_1x1 at ratio 1: the F746 128 px config's layer1
+    goes straight to its depthwise conv, so the 64x64 expand output never exists."""
+    keras.backend.clear_session()
+    cfg = load_config("examples/configs/ssw60_f746_128.json").model
+    assert cfg.expand_ratios == [1, 2, 2, 2, 2]
+    model = build_model(cfg)
+    names = {layer.name for layer in model.layers}
+    assert "layer1_ir0_expand_conv" not in names and "layer1_ir0_dw_conv" in names
+    assert "layer2_ir0_expand_conv" in names
+    cfg.expand_ratios = [2, 2, 2, 2, 2]
+    keras.backend.clear_session()
+    widened = build_model(cfg)
+    # the expand conv (16 -> 32, no bias) and its BN; the depthwise conv, its BN and the project
+    # conv over 32 channels instead of 16
+    assert trainable(widened) - trainable(model) == 16 * 32 + 2 * 32 + 16 * 9 + 2 * 16 + 16 * 16

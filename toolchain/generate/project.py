@@ -59,9 +59,11 @@ def base_context(board: Board, plan_sha256: str | None, routed_layers: list[dict
         "selftest_layers": list(render.SELFTEST_LAYERS),
         "max_payload": max(MIN_PAYLOAD, sizes["max_route_payload"], extra_payload),
         # The answer buffer needs only the largest answer: at camera resolution the image
-        # request is 27-48 KB and no answer is more than a few KB.
-        "max_answer": max(MIN_PAYLOAD, sizes["max_route_payload"],
-                          extra_payload if answer_payload is None else answer_payload),
+        # request is 27-48 KB and no answer is more than a few KB. No answer may exceed
+        # kMaxPayload (the host's decoder takes HELLO's figure as the limit); PROFILE pages.
+        "max_answer": min(max(MIN_PAYLOAD, sizes["max_route_payload"], extra_payload),
+                          max(MIN_PAYLOAD, sizes["max_route_payload"],
+                              extra_payload if answer_payload is None else answer_payload)),
         "stack_bytes": stack_bytes,
         "systick_clock_hz": systick_hz,
         "model_id_literal": render.model_id_literal(plan_sha256),
