@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from qemu_benchmark import RESULTS, WORK, routevit  # noqa: E402
+from qemu_benchmark import RESULTS, WORK, routevit, write_results  # noqa: E402
 
 log = logging.getLogger("routevit")
 IMAGES = 4
@@ -157,10 +157,7 @@ def main() -> None:
         rows.append(measure(name, REPO / exp, board, data))
         log.info("%s: %s", name, json.dumps(rows[-1]["arena"]))
     rows += [r for r in kept if r["name"] not in {row["name"] for row in rows}]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory_techniques.json").write_text(json.dumps({"rows": rows}, indent=1, sort_keys=True) + "\n")
-    (RESULTS / "memory_techniques.md").write_text(markdown(rows))
-    print(markdown(rows))
+    write_results("memory_techniques", rows, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,14 @@ def routevit(*args, timeout=7200) -> subprocess.CompletedProcess:
     return result
 
 
+def write_results(stem: str, rows: list[dict], text: str) -> None:
+    """benchmarks/results/STEM.json ({"rows": rows}) and STEM.md (text), and text on stdout."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": rows}, indent=1, sort_keys=True) + "\n")
+    (RESULTS / f"{stem}.md").write_text(text)
+    print(text)
+
+
 def find_export(name: str) -> Path | None:
     """The newest export (plan.json, not a PTQ baseline) under runs/ whose path names `name`."""
     plans = [p for p in (REPO / "runs").glob("**/plan.json")
