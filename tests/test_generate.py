@@ -183,6 +183,37 @@ def test_fit_says_which_boards_an_export_fits_with_generates_numbers(big_exp, tm
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not in the catalog" in bad.stderr
 
 
+def test_fit_a_config_before_training_and_search_what_fits(big_exp, tmp_path):
+    """`routevit fit CONFIG` exports the config's model untrained and gives the figures of the
+    trained export of the same config (flash within 0.5%: weight bytes do not depend on the
+    values; RAM exactly); `--search` finds the largest width that fits a board it does not."""
+    config = tmp_path / "big.json"
+    config.write_text(json.dumps(export_fixture.BIG_DENSE))
+    result = run("fit", config, "--board", "stm32f746g-disco", "--board", "mps2-an500", "--search", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    trained = json.loads(run("fit", big_exp, "--board", "stm32f746g-disco", "--board", "mps2-an500",
+                             "--json").stdout)
+    for got, want in zip(summary["boards"], trained["boards"]):
+        assert got["board"] == want["board"] and got["fits"] == want["fits"]
+        regions = {g["region"]: g["used"] for g in got["regions"]}
+        expected = {g["region"]: g["used"] for g in want["regions"]}
+        assert abs(regions["flash"] - expected["flash"]) <= 0.005 * expected["flash"], (regions, expected)
+        assert regions["ram"] == expected["ram"]
+    assert summary["fits"] == ["mps2-an500"]
+    found = summary["search"]["stm32f746g-disco"]
+    assert set(summary["search"]) == {"stm32f746g-disco"}
+    # 16 px is the smallest input these strides take; a narrower model fits the F746's 1 MB
+    assert found["largest_image_size"] is None and found["largest_width"] in (0.25, 0.375)
+    narrower = dict(export_fixture.BIG_DENSE, model=dict(export_fixture.BIG_DENSE["model"],
+                                                           width_multiplier=found["largest_width"]))
+    config.write_text(json.dumps(narrower))
+    check = json.loads(run("fit", config, "--board", "stm32f746g-disco", "--json").stdout)
+    assert check["fits"] == ["stm32f746g-disco"]
+    bad = run("fit", big_exp, "--search")
+    assert bad.exit_code == 2 and "--search needs a model CONFIG" in bad.stderr
+
+
 def copy_exp(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

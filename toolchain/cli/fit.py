@@ -13,21 +13,41 @@ def _kb(n: int) -> str:
 
 
 @click.command("fit")
-@click.argument("exp", type=click.Path(file_okay=False, path_type=str))
+@click.argument("exp", type=click.Path(exists=False, path_type=str))
 @click.option("--board", "boards", multiple=True, help="Board id from `routevit boards` (repeatable; "
               "default: the whole catalog).")
 @arena_options
+@click.option("--search", is_flag=True, help="With a CONFIG: for each board it does not fit, also find the "
+              "largest input size and the largest width of that config that do (one export per probe).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(exp, boards, arena_margin, arena_from, memory_plan, as_json):
-    """Whether EXP (the --out folder of `routevit export`) fits each board's flash and RAM, and by how much.
+def command(exp, boards, arena_margin, arena_from, memory_plan, search, as_json):
+    """Whether EXP (the --out folder of `routevit export`), or a model CONFIG (.json) before any
+    training, fits each board's flash and RAM, and by how much.
 
     The figures are `routevit generate`'s memory budget for that board: exact for weights, arena,
-    buffers and stack, estimated for code."""
-    from toolchain.generate.fit import fit_export, summary
+    buffers and stack, estimated for code. A CONFIG is exported with its initial weights (PTQ on
+    random images; weights, ops and arena do not depend on the values)."""
+    from pathlib import Path
 
-    rows = fit_export(exp, list(boards) or None, arena_margin, arena_from, memory_plan)
+    from toolchain.errors import RoutevitError
+    from toolchain.generate.fit import fit_config, fit_export, summary
+
+    found = None
+    if Path(exp).is_file() and exp.endswith(".json"):
+        if arena_from is not None:
+            raise RoutevitError("--arena-from measures an export's firmware; fit the export, not its config")
+        result = fit_config(exp, list(boards) or None, arena_margin, memory_plan, search,
+                            log=lambda line: click.echo(line, err=True))
+        rows, found = result["rows"], result["search"]
+    elif search:
+        raise RoutevitError("--search needs a model CONFIG (.json): an export has one input size and width")
+    else:
+        rows = fit_export(exp, list(boards) or None, arena_margin, arena_from, memory_plan)
     if as_json:
-        click.echo(json.dumps(summary(exp, rows), sort_keys=True), file=sys.stdout)
+        out = summary(exp, rows)
+        if found is not None:
+            out["search"] = found
+        click.echo(json.dumps(out, sort_keys=True), file=sys.stdout)
         return
     table = [("board", "core", "fits", "memory (used / size, free)")]
     for r in rows:
@@ -44,3 +64,7 @@ def command(exp, boards, arena_margin, arena_from, memory_plan, as_json):
         closest = min(rows, key=lambda r: max(-g["free"] for g in r["regions"]))
         click.echo(f"fits no board; closest: {closest['board']} ({closest['overflow']}); make the model smaller "
                    "(width, input size, experts, expert size)", err=True)
+    for board, what in (found or {}).items():
+        size, width = what["largest_image_size"], what["largest_width"]
+        click.echo(f"{board}: fits at {f'{size} px' if size else 'no smaller input size'} (this width), "
+                   f"at {f'width {width}' if width else 'no smaller width'} (this input size)", file=sys.stdout)
