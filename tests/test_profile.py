@@ -132,11 +132,19 @@ def test_profile_covers_every_op_of_every_segment(profiled):
     from toolchain.export.tflm_check import operators
     from toolchain.plan import read_plan
 
+    from toolchain.generate.device_model import SILU_OP, device_flatbuffer
+
     profile = profiled["report"]["profile"]
     plan = read_plan(profiled["exp"])
-    expected = [(seg.index, i, name) for seg in plan.segments for i, (name, _) in enumerate(operators(seg.data))]
+    # the ops as the firmware embeds them (the default in-place plan fuses each SiLU into one op)
+    expected = [(seg.index, i, name) for seg in plan.segments
+                for i, (name, _) in enumerate(operators(device_flatbuffer(seg.data)))]
     got = [(r["segment"], r["op_index"], r["op"]) for r in profile["rows"]]
     assert got == expected
+    assert any(op == SILU_OP for _, _, op in got)
+    # every fused SiLU sits where its MUL was, with the layer of the export's MUL
+    exported = [(seg.index, name) for seg in plan.segments for name, _ in operators(seg.data)]
+    assert len(exported) - len(expected) == sum(op == SILU_OP for _, _, op in got)
     assert all(r["instructions"] > 0 for r in profile["rows"] if r["op"] not in ("RESHAPE",))
     assert all(r["layer"] and r["layer"] != "?" for r in profile["rows"])
     routing = [g for g in profile["glue"] if g["op"] == "(routing)"]
