@@ -230,7 +230,7 @@ def test_renode_executed_instructions_match_the_firmware_count(renode_model_proj
             rng = np.random.default_rng(1)
             firmware = [session.infer(rng.integers(-128, 128, size=hello.input_shape[1:]).astype(np.int8),
                                       timeout_s=300).counter for _ in range(2)]
-            emulator = renode.renode_inference_instructions(link)
+            emulator = renode.renode_inference_instructions(link, expect=2)
             session.stop()
     finally:
         link.close()

@@ -212,19 +212,26 @@ def _renode_errors(text: str) -> str:
     return " | ".join(picked) if picked else "(none)"
 
 
-def renode_inference_instructions(link: Link) -> list[int]:
+def renode_inference_instructions(link: Link, expect: int = 0, wait_s: float = 10.0) -> list[int]:
     """Renode's ExecutedInstructions per inference on `link` so far: the differences of the
-    (start, end) pairs of counter_read calls its hook logged. Empty without the hook."""
+    (start, end) pairs of counter_read calls its hook logged. Empty without the hook. Renode
+    writes its log asynchronously, so the last lines can trail the UART answer: with `expect`,
+    wait up to `wait_s` for that many inferences."""
     emulator = link.emulator
     if emulator is None or link.backend != "renode":
         return []
-    try:
-        emulator._log_file and emulator._log_file.flush()
-        text = emulator.log_path.read_text(errors="replace")
-    except OSError:
-        return []
-    values = [int(v) for v in _COUNT_LINE.findall(text)]
-    return [end - start for start, end in zip(values[0::2], values[1::2])]
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            emulator._log_file and emulator._log_file.flush()
+            text = emulator.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        values = [int(v) for v in _COUNT_LINE.findall(text)]
+        pairs = [end - start for start, end in zip(values[0::2], values[1::2])]
+        if len(pairs) >= expect or time.monotonic() > deadline:
+            return pairs
+        time.sleep(0.2)
 
 
 def open_renode(project_dir: Path, elf: Path, board, *, connect_timeout_s: float = 120.0,
@@ -301,7 +308,7 @@ def run_robot_suite(suite: Path, workdir: Path, timeout_s: float = 600.0) -> sub
 def renode_notes(link: Link, firmware_counts: list[int] | None = None) -> list[str]:
     """Report notes for a Renode link: Renode's own ExecutedInstructions per inference next to
     the firmware's count (compared image by image when the link ran all of `firmware_counts`)."""
-    executed = renode_inference_instructions(link)
+    executed = renode_inference_instructions(link, expect=len(firmware_counts or []))
     if not executed:
         return []
     mean = sum(executed) / len(executed)
