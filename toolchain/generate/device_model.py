@@ -135,9 +135,7 @@ def _compact(data: bytes, in_place: bool) -> bytes:
                                 "re-export it with `routevit export` (segments over 2 GB are not supported)")
         buffers.append(new)
     model.buffers = buffers
-    builder = __import__("flatbuffers").Builder(len(data))
-    builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
-    return bytes(builder.Output())
+    return _pack(model, len(data))
 
 
 def _offline_plan(data: bytes, model) -> list | None:
@@ -157,8 +155,8 @@ def _offline_plan(data: bytes, model) -> list | None:
     return memory_plan.metadata_words(offsets) if head < without else None
 
 
-def _pack(model) -> bytes:
-    builder = __import__("flatbuffers").Builder(1024)
+def _pack(model, size_hint: int = 1024) -> bytes:
+    builder = __import__("flatbuffers").Builder(size_hint)
     builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
     return bytes(builder.Output())
 

@@ -181,7 +181,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
     from toolchain.export.tflm_check import operators
 
     seg_ctx = []
-    embedded_ops = []  # per segment, the ops as embedded (SiLUs fused with the in-place plan)
+    embedded_segments, embedded_ops = [], []  # per segment, as embedded (SiLUs fused with the in-place plan)
     for seg in plan.segments:
         inputs = []
         for i, entry in enumerate(seg.inputs):
@@ -204,6 +204,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
                          "router_stage": stage[(layer.router.segment, layer.router.output)]}
                         for layer in layers if layer.router.segment == seg.index]
         embedded = device_model.device_flatbuffer(seg.data, in_place=memory_plan == "in-place")
+        embedded_segments.append(embedded)
         embedded_ops.append(operators(embedded))
         seg_ctx.append({"index": seg.index, "file": seg.file, "sha256": seg.sha256, "bytes": len(embedded),
                         "device_sha256": device_model.sha256(embedded), "export_bytes": len(seg.data),
@@ -235,8 +236,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
                        answer_payload=max(result_bytes, 4 + 8 * profile["max_records"]))
     logits_entry = plan.logits_entry
     class_names = plan.class_names or []
-    idle = device_model.idle_region([device_model.device_flatbuffer(seg.data, in_place=memory_plan == "in-place")
-                                     for seg in plan.segments], image_input=next(i for s, i in image_readers if s == 0))
+    idle = device_model.idle_region(embedded_segments, image_input=next(i for s, i in image_readers if s == 0))
     frame_bytes = HEADER_BYTES + ctx["max_payload"] + CRC_BYTES
     # The evaluation firmware's frames go to the arena's idle head when they fit there.
     frame_in_arena = idle["bytes"] >= frame_bytes
