@@ -83,11 +83,14 @@ class EmulatorProcess:
     returns the end of that log for error messages.
     """
 
-    def __init__(self, argv: list[str], name: str, log_path: Path, cwd: Path | None = None):
+    def __init__(self, argv: list[str], name: str, log_path: Path, cwd: Path | None = None,
+                 pass_fds: tuple[int, ...] = (), owned_fds: tuple[int, ...] = ()):
         self.argv = [str(a) for a in argv]
         self.name = name
         self.log_path = Path(log_path)
         self.cwd = cwd
+        self.pass_fds = tuple(pass_fds)  # inherited by the emulator (e.g. a pty master)
+        self.owned_fds = list(owned_fds)  # ours, closed by kill() (after the emulator is gone)
         self.popen: subprocess.Popen | None = None
         self._log_file = None
 
@@ -104,6 +107,7 @@ class EmulatorProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: killpg reaches its children too
             preexec_fn=_set_parent_death_signal,
+            pass_fds=self.pass_fds,
         )
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -154,6 +158,11 @@ class EmulatorProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        while self.owned_fds:
+            try:
+                os.close(self.owned_fds.pop())
+            except OSError:
+                pass
         with _LIVE_LOCK:
             _LIVE.discard(self)
             if not _LIVE:

@@ -14,8 +14,10 @@ counts on every image of two runs).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from toolchain.emulate.link import Link, connect_socket, free_tcp_port
@@ -81,19 +83,34 @@ def open_qemu_pty(elf: Path, machine: str, *, timeout_s: float = 20.0,
                   workdir: Path | None = None) -> tuple[EmulatorProcess, str]:
     """Start QEMU with its UART on a pseudo-terminal (a real serial device node, like a board's
     /dev/ttyACM0) and return (process, "/dev/pts/N"). Used to drive `evaluate --port` with QEMU
-    standing in for the board."""
+    standing in for the board; `proc.kill()` releases the pty.
+
+    routevit opens the pty pair and hands QEMU the master (`-add-fd`, `/dev/fdset/1`) rather than
+    letting QEMU create one with `-serial pty`: QEMU closes its master when the firmware exits
+    through semihosting, and Linux then hangs up the slave and discards the bytes not yet read —
+    the STOPPED answer the firmware wrote just before exiting was lost whenever the host was slow
+    to read. Our copy of the master keeps the slave's unread bytes until we are done with them.
+    """
     binary = qemu_binary()
+    elf = Path(elf)
+    if not elf.is_file():
+        raise RoutevitError(f"{elf}: firmware ELF not found; run `routevit build` on the project first")
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="routevit-qemu-"))
-    argv = qemu_argv(machine, Path(elf), "pty", binary)
-    proc = EmulatorProcess(argv, "qemu", workdir / "qemu-pty.log").start()
+    master, slave = os.openpty()
+    device = os.ttyname(slave)
+    os.close(slave)  # the client opens the device by name, as it would a board's
+    argv = qemu_argv(machine, elf, "/dev/fdset/1", binary)
+    argv[1:1] = ["-add-fd", f"fd={master},set=1"]
+    proc = EmulatorProcess(argv, "qemu", workdir / "qemu-pty.log", pass_fds=(master,),
+                           owned_fds=(master,))
     try:
-        if not proc.wait_for_log("char device redirected to", timeout_s):
-            raise RoutevitError(f"qemu: did not report its pty within {timeout_s:.0f} s; "
-                                f"its output: {proc.tail(800) or '(none)'}")
-        text = proc.tail(1 << 16)
-        line = text[text.index("char device redirected to"):].split("\n")[0]
-        device = line.split("redirected to", 1)[1].split()[0]
+        proc.start()
     except BaseException:
-        proc.kill()
+        os.close(master)
         raise
+    time.sleep(0.2)
+    if not proc.alive():
+        output = proc.tail(800)
+        proc.kill()
+        raise RoutevitError(f"qemu: exited at start with its UART on {device}; its output: {output or '(none)'}")
     return proc, device
