@@ -56,10 +56,7 @@ def route(scores, *args, capacity: int | None = None, top_k: int | None = None,
         raise ValueError(f"top_k must be 1 or 2 and <= E, got {top_k}")
     capacity = int(capacity)
 
-    # Stable descending order: argsort of the negated scores keeps equal scores in index order.
-    # int8 scores are widened first so negating -128 cannot overflow.
-    keys = -scores.astype(np.int64 if np.issubdtype(scores.dtype, np.integer) else np.float64)
-    choices = np.argsort(keys, axis=1, kind="stable")[:, :top_k]
+    choices = choose(scores, top_k)
 
     dispatch = np.full(n_experts * capacity, n_patches, dtype=np.int32)
     combine = np.full(top_k * n_patches, n_experts * capacity, dtype=np.int32)
@@ -73,3 +70,13 @@ def route(scores, *args, capacity: int | None = None, top_k: int | None = None,
                 combine[j * n_patches + n] = slot
                 counts[e] += 1
     return dispatch, combine, counts
+
+
+def choose(scores, top_k: int = 1) -> np.ndarray:
+    """Each patch's `top_k` best experts, best first, ties -> lowest expert index (step 1 of
+    `route`, before any capacity): int64 [N, top_k]. `routevit prune` counts these."""
+    scores = np.asarray(scores)
+    # Stable descending order: argsort of the negated scores keeps equal scores in index order.
+    # int8 scores are widened first so negating -128 cannot overflow.
+    keys = -scores.astype(np.int64 if np.issubdtype(scores.dtype, np.integer) else np.float64)
+    return np.argsort(keys, axis=1, kind="stable")[:, :top_k]

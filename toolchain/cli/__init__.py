@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "train",
     "quantize": "quantize",
     "export": "export",
+    "prune": "prune",
     "evaluate": "evaluate",
     "generate": "generate",
     "fit": "fit",

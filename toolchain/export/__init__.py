@@ -61,7 +61,9 @@ def export(qrun, out, *, ptq_baseline: bool = True, calibration_limit: int | Non
 
 
 def _export_variant(model, config, meta, images, folder: Path, method: str, label: str,
-                    progress: bool, version: str, qrun: Path) -> dict:
+                    progress: bool, version: str, qrun: Path, provenance: dict | None = None) -> dict:
+    """Segments + plan.json of `model` into `folder`. `provenance`: extra keys for the plan's
+    `generated_by` (`routevit prune` says what it pruned)."""
     from toolchain.export.segments import convert_model, sha256
     from toolchain.models import routed_layer_info
     from toolchain.plan import FORMAT, pixel_lut, plan_from_dict, write_plan
@@ -108,7 +110,7 @@ def _export_variant(model, config, meta, images, folder: Path, method: str, labe
         "routevit_version": version,
         "generated_by": {"command": "routevit export", "qrun": str(qrun.resolve()), "method": method,
                          "source_run": meta.get("source_run"),
-                         "calibration_images": int(len(images))},
+                         "calibration_images": int(len(images)), **(provenance or {})},
         "model": {
             "config": mc.to_dict(), "num_classes": mc.num_classes,
             "class_names": meta.get("class_names"),
