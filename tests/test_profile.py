@@ -45,7 +45,7 @@ def test_profile_constants_reach_the_firmware_header():
     enums = {e["name"]: e for e in constants["enums"]}
     kinds = {m["name"]: m["value"] for m in enums["ProfileKind"]["members"]}
     assert kinds == {"kProfileOp": 0, "kProfileInputs": 1, "kProfileOutputs": 2, "kProfileRouting": 3,
-                     "kProfileInvoke": 4}
+                     "kProfileInvoke": 4, "kProfilePrepare": 5}
     messages = {m["name"]: m["value"] for m in enums["MessageType"]["members"]}
     assert (messages["kInferProfile"], messages["kProfile"], messages["kProfileRecords"]) == (0x06, 0x07, 0x87)
     assert (constants["profile_header_bytes"], constants["profile_record_bytes"]) == (4, 8)

@@ -41,6 +41,11 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return int(new_value)
 
 
+# A routed FFN needs a choice to make (one expert is a dense FFN: use a dense config), and the
+# firmware's routing counts fit in a 64-entry table.
+MIN_EXPERTS, MAX_EXPERTS = 2, 64
+
+
 @dataclasses.dataclass(frozen=True)
 class StageDims:
     """Channel sizes of one stage for a width multiplier (see `ModelConfig.stage_dims`)."""
@@ -460,8 +465,8 @@ def _validate_moe(cfg: ModelConfig, source: str):
     if not moe.layers:
         bad("layers", "is empty; name at least one transformer layer, e.g. [\"layer4.1\"], "
                       "or set \"moe\": null for a dense model")
-    if not 2 <= moe.num_experts <= 64:
-        bad("num_experts", f"must be in 2..64, got {moe.num_experts}")
+    if not MIN_EXPERTS <= moe.num_experts <= MAX_EXPERTS:
+        bad("num_experts", f"must be in {MIN_EXPERTS}..{MAX_EXPERTS}, got {moe.num_experts}")
     if moe.top_k not in (1, 2):
         bad("top_k", f"must be 1 or 2, got {moe.top_k}")
     if not 0 < moe.capacity_factor <= 16:

@@ -71,6 +71,7 @@ class ProfileKind(enum.IntEnum):
     OUTPUTS = 2   # copying a segment's outputs to the staging buffers: index = segment
     ROUTING = 3   # the integer routing of a routed layer: index = routed layer
     INVOKE = 4    # the whole Invoke() of a segment (its ops + TFLM's own work): index = segment
+    PREPARE = 5   # --residency swapped: preparing a segment's interpreter again (AllocateTensors): index = segment
 
 
 # ------------------------------------------------------------------ the firmware's copy

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.config import MIN_EXPERTS
 from toolchain.errors import RoutevitError
 
 REPORT = "prune.json"
@@ -106,13 +107,15 @@ def choose_kept(counts: list[np.ndarray], top_k: int, keep: int | None, min_shar
     (the model config has one expert count): `keep`, or the fewest that leave less than
     `min_share` of each layer's choices to other experts."""
     num_experts = len(counts[0])
+    fewest = max(top_k, MIN_EXPERTS)
     if keep is not None:
-        if not top_k <= keep <= num_experts:
-            raise RoutevitError(f"--keep {keep}: must be between top_k={top_k} and the {num_experts} "
-                                "experts the model has")
+        if not fewest <= keep <= num_experts:
+            raise RoutevitError(f"--keep {keep}: must be between {fewest} (top_k={top_k}; a routed layer needs "
+                                f"{MIN_EXPERTS} experts, one would be a dense FFN: train a dense config for that) "
+                                f"and the {num_experts} experts the model has")
         k = keep
     else:
-        k = top_k
+        k = fewest
         for c in counts:
             order = np.argsort(-c, kind="stable")
             total = max(int(c.sum()), 1)

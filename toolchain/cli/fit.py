@@ -20,7 +20,7 @@ def _kb(n: int) -> str:
 @click.option("--search", is_flag=True, help="With a CONFIG: for each board it does not fit, also find the "
               "largest input size and the largest width of that config that do (one export per probe).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(exp, boards, arena_margin, arena_from, memory_plan, search, as_json):
+def command(exp, boards, arena_margin, arena_from, memory_plan, residency, search, as_json):
     """Whether EXP (the --out folder of `routevit export`), or a model CONFIG (.json) before any
     training, fits each board's flash and RAM, and by how much.
 
@@ -36,13 +36,13 @@ def command(exp, boards, arena_margin, arena_from, memory_plan, search, as_json)
     if Path(exp).is_file() and exp.endswith(".json"):
         if arena_from is not None:
             raise RoutevitError("--arena-from measures an export's firmware; fit the export, not its config")
-        result = fit_config(exp, list(boards) or None, arena_margin, memory_plan, search,
+        result = fit_config(exp, list(boards) or None, arena_margin, memory_plan, search, residency=residency,
                             log=lambda line: click.echo(line, err=True))
         rows, found = result["rows"], result["search"]
     elif search:
         raise RoutevitError("--search needs a model CONFIG (.json): an export has one input size and width")
     else:
-        rows = fit_export(exp, list(boards) or None, arena_margin, arena_from, memory_plan)
+        rows = fit_export(exp, list(boards) or None, arena_margin, arena_from, memory_plan, residency)
     if as_json:
         out = summary(exp, rows)
         if found is not None:

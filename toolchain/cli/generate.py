@@ -13,11 +13,11 @@ from toolchain.cli.options import arena_options
 @click.option("--out", required=True, type=click.Path(path_type=str), help="Project folder to write.")
 @arena_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(exp, board, out, arena_margin, arena_from, memory_plan, as_json):
+def command(exp, board, out, arena_margin, arena_from, memory_plan, residency, as_json):
     """Generate the firmware project for EXP (plan.json + segments) on a board."""
     from toolchain.generate.project import generate
 
-    summary = generate(exp, board, out, arena_margin, arena_from, memory_plan)
+    summary = generate(exp, board, out, arena_margin, arena_from, memory_plan, residency)
     for region, m in summary["memory"].items():
         click.echo(f"{region}: {m['used']:,} of {m['size']:,} bytes", err=True)
     click.echo(f"wrote {summary['project']} ({len(summary['files'])} files; arena {summary['arena_bytes']:,} bytes; "

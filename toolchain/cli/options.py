@@ -3,10 +3,18 @@ import click
 
 
 MEMORY_PLANS = ("in-place", "tflm")
+RESIDENCIES = ("resident", "swapped")
 
 
 def arena_options(command):
-    """--arena-margin, --arena-from and --memory-plan, as `routevit generate` and `routevit fit` take them."""
+    """--arena-margin, --arena-from, --memory-plan and --residency, as `routevit generate` and `routevit fit`
+    take them."""
+    command = click.option(
+        "--residency", "residency", type=click.Choice(RESIDENCIES), default="resident", show_default=True,
+        help="resident: every segment's interpreter stays prepared, so the arena holds all their persistent "
+             "parts; swapped: one segment is prepared at a time and each is prepared again on every inference, "
+             "so the arena holds only the largest segment, for one AllocateTensors per segment per inference "
+             "(a multi-segment, i.e. routed, model only).")(command)
     command = click.option(
         "--memory-plan", "memory_plan", type=click.Choice(MEMORY_PLANS), default="in-place", show_default=True,
         help="in-place: an offline memory plan in each segment where elementwise ops write over an input "

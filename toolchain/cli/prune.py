@@ -15,14 +15,14 @@ from toolchain.prune import DEFAULT_COUNT_IMAGES, DEFAULT_MIN_SHARE
               help="Only these classes of D (names or indices): the species the site sees.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, writable=True),
               help="Pruned export folder to write (an export like `routevit export` writes, plus prune.json).")
-@click.option("--keep", type=click.IntRange(min=1), default=None, metavar="K",
+@click.option("--keep", type=click.IntRange(min=2), default=None, metavar="K",
               help="Keep the K most chosen experts of every routed layer.")
 @click.option("--min-share", type=click.FloatRange(0.0, 1.0, max_open=True), default=DEFAULT_MIN_SHARE,
               show_default=True, help="Without --keep: keep the fewest experts that leave less than this "
               "share of each layer's patch choices to the dropped ones.")
-@click.option("--count-images", type=click.IntRange(min=1), default=DEFAULT_COUNT_IMAGES, show_default=True,
+@click.option("--count-images", type=click.IntRange(min=2), default=DEFAULT_COUNT_IMAGES, show_default=True,
               metavar="N", help="Count expert choices on the first N site images of the train split.")
-@click.option("--eval-limit", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--eval-limit", type=click.IntRange(min=2), default=None, metavar="N",
               help="Site accuracy on the first N site images of the test split (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print prune.json as one JSON object.")
 def command(exp, data, classes, out, keep, min_share, count_images, eval_limit, as_json):

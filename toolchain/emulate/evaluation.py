@@ -71,7 +71,8 @@ def memory_summary(project: Project) -> dict:
             build = json.loads(build_path.read_text())
             # What `routevit generate --arena-from` checks the measurement against.
             memory["firmware"] = {"kernels": build.get("kernels"), "core": build.get("core"),
-                                  "memory_plan": project.meta.get("memory_plan") or "tflm"}
+                                  "memory_plan": project.meta.get("memory_plan") or "tflm",
+                                  "residency": project.meta.get("residency") or "resident"}
         except json.JSONDecodeError:
             log.warning("%s: not valid JSON; left out of the report", build_path)
     return memory

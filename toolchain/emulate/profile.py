@@ -27,7 +27,7 @@ from toolchain.errors import RoutevitError
 MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
 # Rows for the work outside the segments' ops (record kinds other than OP).
 GLUE_ROWS = {protocol.ProfileKind.INPUTS: "(segment inputs)", protocol.ProfileKind.OUTPUTS: "(staging copies)",
-             protocol.ProfileKind.ROUTING: "(routing)"}
+             protocol.ProfileKind.ROUTING: "(routing)", protocol.ProfileKind.PREPARE: "(segment prepare, swapped)"}
 INTERPRETER_ROW = "(TFLM interpreter)"
 
 

@@ -46,6 +46,7 @@ class DeviceArena:
     board: str             # where it was measured
     kernels: str           # the kernel set of that firmware
     memory_plan: str = "tflm"  # generate --memory-plan of that firmware (reports before it: TFLM's)
+    residency: str = "resident"  # generate --residency of that firmware (swapped: the largest segment's)
 
 
 def kernel_variant(board: Board, kernels: str) -> str:
@@ -84,7 +85,8 @@ def read_device_arena(path, plan: Plan) -> DeviceArena:
                             f"this export's is {expected}); {redo}")
     return DeviceArena(used_bytes=int(hello["arena_bytes"]), report=str(file.resolve()),
                        board=str(report.get("board") or hello.get("board")), kernels=str(firmware["kernels"]),
-                       memory_plan=str(firmware.get("memory_plan") or "tflm"))
+                       memory_plan=str(firmware.get("memory_plan") or "tflm"),
+                       residency=str(firmware.get("residency") or "resident"))
 
 
 def check_compatible(device: DeviceArena, board: Board) -> str:
@@ -98,26 +100,36 @@ def check_compatible(device: DeviceArena, board: Board) -> str:
     return device.kernels
 
 
-def check_memory_plan(device: DeviceArena, memory_plan: str) -> None:
-    """The device figure holds only for the memory plan it was measured with."""
+def check_memory_plan(device: DeviceArena, memory_plan: str, residency: str = "resident") -> None:
+    """The device figure holds only for the memory plan and residency it was measured with."""
+    if device.residency != residency:
+        raise RoutevitError(f"--arena-from: measured on a firmware with --residency {device.residency}, "
+                            f"not {residency}; generate with --residency {device.residency} or measure "
+                            f"a --residency {residency} firmware")
     if device.memory_plan != memory_plan:
         raise RoutevitError(f"--arena-from: measured on a firmware with --memory-plan {device.memory_plan}, "
                             f"not {memory_plan}; generate with --memory-plan {device.memory_plan} or measure "
                             f"a --memory-plan {memory_plan} firmware")
 
 
-def temp_bytes(plan: Plan, heads: list | None = None) -> int:
+def temp_bytes(plan: Plan, heads: list | None = None, residency: str = "resident") -> int:
     """A bound on what TFLM's temporary planning memory adds to the used figure.
 
     Segment k is planned with T_k (TEMP_BYTES_PER_BUFFER per tensor and op) above the head
     planned so far and below the persistent tail so far, both at most what they are at the end.
     For k >= 1 that head is at least segment 0's, so T_k at most is added. Segment 0 is planned
     above an empty head: it adds only what T_0 exceeds its own head by (`heads`: the
-    non-persistent bytes of each segment as embedded). Without `heads`: the largest T_k."""
+    non-persistent bytes of each segment as embedded). Without `heads`: the largest T_k.
+
+    swapped: every segment is planned alone above an empty head, so each adds what T_k exceeds its
+    own head by; the device reports the largest segment's figure, so the largest such excess is
+    added (a bound whichever segment that is)."""
     from toolchain.export.flatbuffer import read_graph
 
     temps = [TEMP_BYTES_PER_BUFFER * (len(g.tensors) + len(g.ops))
              for g in (read_graph(seg.data) for seg in plan.segments)]
     if heads is None:
         return max(temps)
+    if residency == "swapped":
+        return max([0] + [t - h for t, h in zip(temps, heads)])
     return max([0, temps[0] - heads[0]] + temps[1:])

@@ -21,7 +21,7 @@ from toolchain.plan import read_plan
 
 
 def fit_export(exp_dir, board_ids=None, arena_margin_pct: float | None = None, arena_from=None,
-               memory_plan: str = "in-place") -> list[dict]:
+               memory_plan: str = "in-place", residency: str = "resident") -> list[dict]:
     """One row per board: fits or not, each memory region's use, and what is over by how much.
 
     `arena_from` (an emulate report of this export): the arena from the device's figure, on the
@@ -38,13 +38,13 @@ def fit_export(exp_dir, board_ids=None, arena_margin_pct: float | None = None, a
             boards = [b for b in boards if _compatible(device, b)]
     rows = []
     for board in boards:
-        _, budget, details = model_context(plan, board, arena_margin_pct, device, memory_plan)
+        _, budget, details = model_context(plan, board, arena_margin_pct, device, memory_plan, residency)
         regions = budget.regions()
         rows.append({
             "board": board.id, "core": board.core,
             "fits": all(r["fits"] for r in regions),
             "arena_bytes": details["arena"]["bytes"], "memory_plan": memory_plan,
-            "regions": [{"region": r["region"], "used": r["used"], "size": r["size"], "free": r["free"],
+            "residency": residency, "regions": [{"region": r["region"], "used": r["used"], "size": r["size"], "free": r["free"],
                          "fits": r["fits"], "largest": r["consumers"][0]["name"] if r["consumers"] else None}
                         for r in regions],
             "overflow": budget.overflow_message(),
@@ -119,7 +119,7 @@ def _distinct_weights(model) -> None:
 
 def fit_config(config_path, board_ids=None, arena_margin_pct: float | None = None,
                memory_plan: str = "in-place", search: bool = False, workdir: Path | None = None,
-               log=None) -> dict:
+               log=None, residency: str = "resident") -> dict:
     """`fit_export` on `export_untrained(config)`; with `search`, for every board the config
     does not fit: the largest input size (at its width) and the largest width (at its input
     size) of the same config that fit, each by bisection over the candidates below the
@@ -142,7 +142,7 @@ def fit_config(config_path, board_ids=None, arena_margin_pct: float | None = Non
             if log:
                 log(f"fit: exporting {config_path} at {image_size} px, width {width} (random weights)")
             exp = export_untrained(variant, tmp_root / f"exp-{image_size}-{width}")
-            probes[key] = {r["board"]: r for r in fit_export(exp, board_ids, arena_margin_pct, None, memory_plan)}
+            probes[key] = {r["board"]: r for r in fit_export(exp, board_ids, arena_margin_pct, None, memory_plan, residency)}
         return probes[key]
 
     def largest(candidates: list, fits) -> object:

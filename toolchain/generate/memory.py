@@ -92,6 +92,9 @@ def report_markdown(budget: MemoryBudget, header_lines: list[str], details: dict
               f"- measured on the host: {arena['measured_bytes']:,} bytes ({arena['basis']})",
               f"- routevit's own kernels (tables, op data): {arena.get('own_kernel_bytes', 0):,} bytes",
               f"- margin: {arena['margin_pct']:g}% -> arena {arena['bytes']:,} bytes",
+              f"- residency: {arena.get('residency', 'resident')}"
+              + (" (one segment prepared at a time, each prepared again on every inference)"
+                 if arena.get("residency") == "swapped" else " (every segment stays prepared)"),
               f"- memory plan: {arena.get('memory_plan', 'tflm')}; each segment's non-persistent head, "
               "TFLM's plan of the exported file -> as embedded: "
               + ", ".join(f"{s['nonpersistent_bytes']:,} -> {s['device_nonpersistent_bytes']:,}"

@@ -112,8 +112,10 @@ def _c_string(text: str) -> str:
 
 
 def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board | None = None,
-               heads: list | None = None, memory_plan: str = "in-place") -> dict:
-    """One shared MicroAllocator: persistent parts add up, the non-persistent head is reused.
+               heads: list | None = None, memory_plan: str = "in-place", residency: str = "resident") -> dict:
+    """resident: one shared MicroAllocator for all interpreters, so their persistent parts add up
+    and the non-persistent head is reused. swapped: one interpreter at a time over a fresh
+    allocator, so the arena is the largest segment's persistent part + head.
 
     `device` (arena.DeviceArena): the figure a firmware of this export reported, + TFLM's
     temporary planning memory (toolchain/generate/arena.py) instead of the host measurement.
@@ -123,17 +125,30 @@ def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board |
         from toolchain.generate import arena as device_arena
 
         kernels = device_arena.check_compatible(device, board)
-        device_arena.check_memory_plan(device, memory_plan)
+        device_arena.check_memory_plan(device, memory_plan, residency)
         margin_pct = 0.0 if margin_pct is None else margin_pct
-        temp = device_arena.temp_bytes(plan, heads)
+        temp = device_arena.temp_bytes(plan, heads, residency)
         total = _align(math.ceil(device.used_bytes * (1.0 + margin_pct / 100.0)) + temp)
         return {"measured_bytes": device.used_bytes,
                 "basis": (f"used on the device ({device.board}, {kernels} kernels) "
                           f"+ {temp} B of TFLM's temporary planning memory"), "report": device.report,
                 "source": "device", "device_board": device.board, "kernels": kernels, "temp_bytes": temp,
-                "own_kernel_bytes": 0, "margin_pct": margin_pct, "bytes": total, "memory_plan": memory_plan}
+                "own_kernel_bytes": 0, "margin_pct": margin_pct, "bytes": total, "memory_plan": memory_plan,
+                "residency": residency}
     margin_pct = DEFAULT_ARENA_MARGIN_PCT if margin_pct is None else margin_pct
     split = all(s.persistent_bytes is not None and s.nonpersistent_bytes is not None for s in plan.segments)
+    own_per_segment = own_kernel_arena_bytes(plan, memory_plan, per_segment=True)
+    if residency == "swapped":
+        heads = heads or [s.nonpersistent_bytes for s in plan.segments]
+        alone = [(s.persistent_bytes + h if split else s.arena_bytes) + own
+                 for s, h, own in zip(plan.segments, heads, own_per_segment)]
+        largest = max(range(len(alone)), key=alone.__getitem__)
+        measured, own = alone[largest] - own_per_segment[largest], own_per_segment[largest]
+        total = _align(math.ceil(alone[largest] * (1.0 + margin_pct / 100.0)) + 16)
+        return {"measured_bytes": measured, "source": "host", "own_kernel_bytes": own, "memory_plan": memory_plan,
+                "basis": (f"the largest segment's (segment {largest}) persistent bytes + its non-persistent part, "
+                          "one segment prepared at a time (swapped residency)"),
+                "margin_pct": margin_pct, "bytes": total, "residency": residency}
     if split:
         head = max(heads) if heads else max(s.nonpersistent_bytes for s in plan.segments)
         measured = sum(s.persistent_bytes for s in plan.segments) + head
@@ -142,29 +157,31 @@ def arena_plan(plan: Plan, margin_pct: float | None, device=None, board: Board |
     else:
         measured = sum(s.arena_bytes for s in plan.segments)
         basis = ("sum of the segments' arenas" if len(plan.segments) > 1 else "the segment's arena")
-    own = own_kernel_arena_bytes(plan, memory_plan)
+    own = sum(own_per_segment)
     # 16 bytes of alignment slack per interpreter on top of the margin
     total = _align(math.ceil((measured + own) * (1.0 + margin_pct / 100.0)) + 16 * len(plan.segments))
     return {"measured_bytes": measured, "basis": basis, "source": "host", "own_kernel_bytes": own,
-            "memory_plan": memory_plan,
+            "memory_plan": memory_plan, "residency": residency,
             "margin_pct": margin_pct, "bytes": total}
 
 
-def own_kernel_arena_bytes(plan: Plan, memory_plan: str = "tflm") -> int:
+def own_kernel_arena_bytes(plan: Plan, memory_plan: str = "tflm", per_segment: bool = False):
     """What routevit's own kernels add to the arena beyond TFLM's kernels (render.OWN_KERNEL_BYTES),
-    for the segments as embedded with `memory_plan` (in-place: SiLUs fused)."""
+    for the segments as embedded with `memory_plan` (in-place: SiLUs fused): the total, or a
+    list per segment."""
     from toolchain.export.flatbuffer import read_graph, silu_muls
 
-    total = 0
+    per = []
     for seg in plan.segments:
         graph = read_graph(device_model.device_flatbuffer(seg.data, in_place=memory_plan == "in-place"))
-        total += sum(render.OWN_KERNEL_BYTES.get(op.name, 0) for op in graph.ops)
-        total += render.SILU_TABLE_BYTES * len(silu_muls(graph))
-    return total
+        per.append(sum(render.OWN_KERNEL_BYTES.get(op.name, 0) for op in graph.ops)
+                   + render.SILU_TABLE_BYTES * len(silu_muls(graph)))
+    return per if per_segment else sum(per)
 
 
 def model_context(plan: Plan, board: Board, margin_pct: float | None,
-                  device=None, memory_plan: str = "in-place") -> tuple[dict, memory.MemoryBudget, dict]:
+                  device=None, memory_plan: str = "in-place",
+                  residency: str = "resident") -> tuple[dict, memory.MemoryBudget, dict]:
     """Template context, memory budget and report details for a plan on a board."""
     layers = plan.routed_layers
     # Which segment outputs must survive until later: other segments' inputs, routers, logits.
@@ -212,11 +229,15 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
                         "hex_rows": _hex_rows(embedded), "inputs": inputs, "outputs": outputs,
                         "routes_after": routes_after})
 
-    arena = arena_plan(plan, margin_pct, device, board, [c["head_bytes"] for c in seg_ctx], memory_plan)
+    if residency not in ("resident", "swapped"):
+        raise RoutevitError(f"residency {residency!r}: must be resident or swapped")
+    swapped = residency == "swapped" and len(plan.segments) > 1
+    arena = arena_plan(plan, margin_pct, device, board, [c["head_bytes"] for c in seg_ctx], memory_plan, residency)
     # Profiler records of one INFER_PROFILE: each op of each segment, inputs/Invoke/outputs per
-    # segment, one per routed layer.
+    # segment, one per routed layer (+ one Prepare per segment when swapped).
     op_counts = [len(seg_ops) for seg_ops in embedded_ops]
-    profile = {"op_counts": op_counts, "max_records": sum(n + 3 for n in op_counts) + len(layers)}
+    profile = {"op_counts": op_counts,
+               "max_records": sum(n + 3 + swapped for n in op_counts) + len(layers)}
     shape = [int(v) for v in plan.input.shape]
     input_bytes = math.prod(shape)
     result_bytes = 10 + plan.num_classes + sum(2 * layer.num_experts for layer in layers)
@@ -236,7 +257,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
                        answer_payload=max(result_bytes, 4 + 8 * profile["max_records"]))
     logits_entry = plan.logits_entry
     class_names = plan.class_names or []
-    idle = device_model.idle_region(embedded_segments, image_input=next(i for s, i in image_readers if s == 0))
+    # Between inferences only segment 0 is prepared when swapped: its head alone is what lies idle.
+    idle = device_model.idle_region(embedded_segments[:1] if swapped else embedded_segments,
+                                    image_input=next(i for s, i in image_readers if s == 0))
     frame_bytes = HEADER_BYTES + ctx["max_payload"] + CRC_BYTES
     # The evaluation firmware's frames go to the arena's idle head when they fit there.
     frame_in_arena = idle["bytes"] >= frame_bytes
@@ -259,6 +282,7 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
         "image_input_of_segment_0": next(i for s, i in image_readers if s == 0),
         "image_beyond_segment_0": any(s != 0 for s, _ in image_readers),
         "runtime_objects": runtime_objects,
+        "swapped": swapped, "interpreter_slots": 1 if swapped else len(plan.segments),
     })
 
     budget = memory.MemoryBudget(board)
@@ -267,7 +291,8 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
         budget.add(f"model weights ({seg['file']})", _align(seg["bytes"]), model_region)
     budget.add("code: TFLM runtime + kernels for " + f"{len(ops)} ops + routevit", memory.code_estimate(ops),
                "flash", estimate=True)
-    budget.add("tensor arena (shared by all segments)", arena["bytes"], arena_region)
+    budget.add("tensor arena (one segment prepared at a time)" if swapped else "tensor arena (shared by all segments)",
+               arena["bytes"], arena_region)
     if stages:
         budget.add("staging buffers (segment outputs kept between segments)",
                    sum(_align(s["bytes"]) for s in stages), "ram")
@@ -279,8 +304,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
         budget.add("protocol answer buffer (frames land in the arena's idle head)", ctx["max_answer"] + 16, "ram")
     else:
         budget.add("protocol buffers (frame parser + answer)", ctx["max_payload"] + ctx["max_answer"] + 16, "ram")
-    budget.add(f"TFLM interpreters ({len(plan.segments)} x {INTERPRETER_OBJECT_BYTES} B) and op resolver",
-               len(plan.segments) * INTERPRETER_OBJECT_BYTES + runtime_objects["resolver_bytes"], "ram")
+    slots = ctx["interpreter_slots"]
+    budget.add(f"TFLM interpreters ({slots} x {INTERPRETER_OBJECT_BYTES} B) and op resolver",
+               slots * INTERPRETER_OBJECT_BYTES + runtime_objects["resolver_bytes"], "ram")
     if any(s != 0 for s, _ in image_readers):
         budget.add("quantized image (read by a segment after the first)", _align(input_bytes), "ram")
     budget.add("stack", stack_bytes, "ram")
@@ -328,6 +354,8 @@ def project_json(plan: Plan, board: Board, ctx: dict, details: dict, out: Path) 
         # Set when the arena was sized from a device run: `routevit build` must use these kernels.
         "arena_kernels": ctx["arena"].get("kernels"),
         "memory_plan": ctx["arena"]["memory_plan"],
+        # swapped: the firmware prepares each segment again on every inference
+        "residency": ctx["arena"]["residency"],
         # routevit_model_idle_buffer: the arena bytes idle between inferences (the evaluation
         # firmware's frames land there when frame_in_arena)
         "idle_buffer": details["idle_buffer"],
@@ -362,7 +390,7 @@ def check_margin(arena_margin_pct: float | None) -> None:
 
 
 def generate(exp_dir: Path, board_id: str, out: Path, arena_margin_pct: float | None = None,
-             arena_from: Path | None = None, memory_plan: str = "in-place") -> dict:
+             arena_from: Path | None = None, memory_plan: str = "in-place", residency: str = "resident") -> dict:
     """Check everything, then write the project atomically. Returns a summary dict.
 
     arena_margin_pct None: 10% over the host measurement, 0% over a device one (`arena_from`,
@@ -375,7 +403,7 @@ def generate(exp_dir: Path, board_id: str, out: Path, arena_margin_pct: float | 
         from toolchain.generate.arena import read_device_arena
 
         device = read_device_arena(arena_from, plan)
-    ctx, budget, details = model_context(plan, board, arena_margin_pct, device, memory_plan)
+    ctx, budget, details = model_context(plan, board, arena_margin_pct, device, memory_plan, residency)
     overflow = budget.overflow_message()
     if overflow:
         raise RoutevitError(f"{plan.path}: the model does not fit {board.id}: {overflow}; choose a board with "
