@@ -160,6 +160,32 @@ def test_arena_sized_from_the_device_run_is_smaller_and_still_bit_exact(firmware
     assert again["hello"]["arena_bytes"] == used  # the same allocations, in a smaller arena
 
 
+def test_swapped_residency_holds_one_segment_and_stays_bit_exact(firmware, int8_artifacts, tmp_path):
+    """`generate --residency swapped`: one interpreter prepared at a time, so the arena holds the
+    largest segment instead of every segment's persistent part; the firmware prepares each segment
+    again on every inference and stays bit-exact, and its allocator uses less than the resident one."""
+    project, data = firmware
+    resident = json.loads((project / "project.json").read_text())
+    swapped = tmp_path / "swapped"
+    for args in (("generate", int8_artifacts["exp"], "--board", "mps2-an386", "--out", swapped,
+                  "--residency", "swapped"), ("build", swapped)):
+        result = run_routevit(*args, timeout=1800)
+        assert result.returncode == 0, result.stderr
+    meta = json.loads((swapped / "project.json").read_text())
+    assert len(meta["segments"]) > 1 and meta["residency"] == "swapped"
+    assert meta["arena_bytes"] < resident["arena_bytes"]
+    out = {}
+    for name, proj in (("resident", project), ("swapped", swapped)):
+        result = run_routevit("emulate", proj, "--backend", "qemu", "--data", data, "--limit", "4",
+                              "--out", tmp_path / f"report_{name}", timeout=600)
+        assert result.returncode == 0, result.stderr
+        out[name] = report_of(tmp_path / f"report_{name}")
+    assert out["swapped"]["agreement_device_vs_host"]["bit_exact_images"] == 4
+    assert out["swapped"]["hello"]["arena_bytes"] < out["resident"]["hello"]["arena_bytes"]
+    assert ([row["device_logits"] for row in out["swapped"]["per_image"]]
+            == [row["device_logits"] for row in out["resident"]["per_image"]])
+
+
 def test_moved_export_is_a_clear_error(firmware, tmp_path):
     project, data = firmware
     record = json.loads((project / "project.json").read_text())["export"]
