@@ -1,8 +1,9 @@
-"""routevit's table and reduce kernels (LOGISTIC, MUL, MEAN, SUM, SQUARED_DIFFERENCE, SUB, the fused
-SiLU) against the wheel.
+"""routevit's table, loop and reduce kernels (ADD, RELU, LOGISTIC, MUL, MEAN, SUM, SQUARED_DIFFERENCE,
+SUB, the fused SiLU) against the wheel.
 
 Each kernel claims to compute exactly what TFLM's reference kernel computes, only faster
-(firmware_templates/project/src/logistic_lut_kernel.h, mul_kernel.h, reduce_kernel.h), so the
+(firmware_templates/project/src/add_kernel.h, relu_kernel.h, logistic_lut_kernel.h, mul_kernel.h,
+reduce_kernel.h, binary_int8.h), so the
 wheel is their twin. Real int8 models made by the TFLite converter run in TFLM's MicroInterpreter
 from a host g++ build of the tree, once with routevit's registrations and once with TFLM's, and in
 the wheel; all three must agree value for value, on random inputs, every int8 value and the
@@ -18,7 +19,7 @@ from host_cc import DRIVERS, compile_program, host_tflm_library, render_template
 
 pytestmark = pytest.mark.tflm
 
-KERNELS = ["logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
+KERNELS = ["add_kernel", "relu_kernel", "binary_int8", "logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
            "silu_kernel", "int8_table"]
 SOURCES = [f"src/{k}.{ext}" for k in KERNELS for ext in ("cc", "h")]
 
@@ -73,7 +74,46 @@ def group_norm_model(shape, value_range, seed):
     return _convert(norm, [shape], [value_range], seed)
 
 
+def residual_model(shape, value_range, seed):
+    """A residual ADD of two same-shape tensors at different scales, RELU, and an ADD with a fused RELU
+    over a per-channel MUL."""
+    import tensorflow as tf
+
+    channels = shape[-1]
+    scale = np.random.default_rng(seed).uniform(-1.5, 1.5, channels).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def residual(x):
+        r = tf.nn.relu(x)
+        return x + r, tf.nn.relu(x * scale + r), r
+
+    return _convert(residual, [shape], [value_range], seed)
+
+
+def affine_model(shape, trailing_dims, value_range, seed):
+    """GroupNorm's affine (x * gamma + beta over the trailing dimensions) and a per-row scale and
+    shift by the row mean (broadcast over the last dimension)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    gamma = rng.uniform(-2.0, 2.0, shape[-trailing_dims:]).astype(np.float32)
+    beta = rng.uniform(-1.0, 1.0, shape[-trailing_dims:]).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def affine(x):
+        row = tf.reduce_mean(x, axis=-1, keepdims=True)
+        return x * gamma + beta, x * row, x + row
+
+    return _convert(affine, [shape], [value_range], seed)
+
+
 MODELS = [
+    ("residual ADD, RELU [1,16,16,16]", lambda: residual_model((1, 16, 16, 16), 4.0, 21), {"ADD", "RELU", "MUL"}),
+    ("residual ADD, odd size below the table threshold [1,3,5,7]", lambda: residual_model((1, 3, 5, 7), 2.0, 22),
+     {"ADD", "RELU", "MUL"}),
+    ("affine and row broadcast [1,16,4,32]", lambda: affine_model((1, 16, 4, 32), 1, 3.0, 23), {"ADD", "MUL", "MEAN"}),
+    ("affine over two dims [1,8,8,12], odd rows", lambda: affine_model((1, 8, 8, 12), 2, 6.0, 24),
+     {"ADD", "MUL", "MEAN"}),
     ("GroupNorm chain [1,16,4,32]", lambda: group_norm_model((1, 16, 4, 32), 3.0, 8),
      {"MEAN", "SQUARED_DIFFERENCE", "SUB", "MUL"}),
     ("GroupNorm chain, below the table threshold [1,4,4,8]", lambda: group_norm_model((1, 4, 4, 8), 5.0, 9),
@@ -94,7 +134,7 @@ MODELS = [
 
 @pytest.fixture(scope="module")
 def kernels_exe(tmp_path_factory):
-    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM", "SQUARED_DIFFERENCE", "SUB", "ADD", "RSQRT"))
+    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM", "SQUARED_DIFFERENCE", "SUB", "ADD", "RSQRT", "RELU"))
     root = tmp_path_factory.mktemp("own_kernels")
     src = render_templates(root / "src", SOURCES)
     return compile_program([src / f"{k}.cc" for k in KERNELS] + [DRIVERS / "own_kernels_driver.cc"],
@@ -128,7 +168,7 @@ def test_own_kernel_equals_tflm_and_the_wheel(kernels_exe, tmp_path, name, make,
     ours = np.frombuffer(run_program(kernels_exe, stdin, args=[path, "routevit"]), np.int8)
     tflm = np.frombuffer(run_program(kernels_exe, stdin, args=[path, "tflm"]), np.int8)
     assert np.array_equal(ours, tflm), f"{name}: routevit's kernels != TFLM's kernels from the same tree"
-    wheel = runtime.Interpreter.from_bytes(model)
+    wheel = runtime.Interpreter.from_bytes(model, arena_size=1 << 20)
     per_record = sum(int(np.prod(s)) for s in out_shapes)
     assert ours.size == per_record * len(records)
     saturated = 0
@@ -170,7 +210,7 @@ def test_fused_silu_segment_equals_the_wheel_on_the_export(kernels_exe, tmp_path
     records = _records(np.random.default_rng(12), shape, 16)
     ours = np.frombuffer(run_program(kernels_exe, b"".join(r.tobytes() for r in records), args=[path, "routevit"]),
                          np.int8)
-    wheel = runtime.Interpreter.from_bytes(model)
+    wheel = runtime.Interpreter.from_bytes(model, arena_size=1 << 20)
     expected = []
     for record in records:
         wheel.set_input(record, 0)

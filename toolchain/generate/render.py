@@ -38,14 +38,19 @@ MODEL_ONLY = {"src/tflm_glue.h", "src/main.cc", "src/model_data.cc", "src/model_
 # routevit's own kernels, registered instead of TFLM's for these ops (each header says why).
 # Their sources are rendered and built only for a plan that uses the op.
 TABLE_SOURCES = ("src/int8_table.h", "src/int8_table.cc")
+BINARY_SOURCES = ("src/binary_int8.h", "src/binary_int8.cc")
 OWN_KERNELS = {
+    "ADD": {"sources": ("src/add_kernel.h", "src/add_kernel.cc", *BINARY_SOURCES), "header": "add_kernel.h",
+            "registration": "routevit::Register_ADD_INT8_LOOP()"},
+    "RELU": {"sources": ("src/relu_kernel.h", "src/relu_kernel.cc", *TABLE_SOURCES), "header": "relu_kernel.h",
+             "registration": "routevit::Register_RELU_TABLE()"},
     "SUB": {"sources": ("src/sub_kernel.h", "src/sub_kernel.cc", *TABLE_SOURCES), "header": "sub_kernel.h",
             "registration": "routevit::Register_SUB_DOUBLE_SCALE()"},
     "LOGISTIC": {"sources": ("src/logistic_lut_kernel.h", "src/logistic_lut_kernel.cc", *TABLE_SOURCES),
                  "header": "logistic_lut_kernel.h", "registration": "routevit::Register_LOGISTIC_LUT()"},
     # the SiLU table comes from the LOGISTIC kernel's, so MUL carries that kernel's sources too
     "MUL": {"sources": ("src/mul_kernel.h", "src/mul_kernel.cc", "src/logistic_lut_kernel.h",
-                        "src/logistic_lut_kernel.cc", *TABLE_SOURCES),
+                        "src/logistic_lut_kernel.cc", *TABLE_SOURCES, *BINARY_SOURCES),
             "header": "mul_kernel.h", "registration": "routevit::Register_MUL_SILU_LUT()"},
     "SQUARED_DIFFERENCE": {"sources": ("src/squared_difference_kernel.h", "src/squared_difference_kernel.cc",
                                        *TABLE_SOURCES),
@@ -65,7 +70,7 @@ OWN_KERNELS = {
 # kernel for that op does (the host measures the arena with TFLM's kernels): op data rounded up
 # to TFLM's 16-byte persistent alignment; the kernels static_assert their op data fits. A SiLU
 # MUL also allocates its 256-entry table (SILU_TABLE_BYTES).
-OWN_KERNEL_BYTES = {"LOGISTIC": 272, "MUL": 16, "MEAN": 32, "SUM": 32, "SUB": 16, "SQUARED_DIFFERENCE": 16,
+OWN_KERNEL_BYTES = {"ADD": 80, "RELU": 0, "LOGISTIC": 272, "MUL": 16, "MEAN": 32, "SUM": 32, "SUB": 16, "SQUARED_DIFFERENCE": 16,
                     "CUSTOM:ROUTEVIT_SILU": 256}
 SILU_TABLE_BYTES = 256
 
