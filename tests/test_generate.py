@@ -467,8 +467,9 @@ def test_sub_uses_routevit_kernel_only_when_the_plan_has_sub(tiny_exp, tmp_path)
     env = render._environment()
     env.globals["header"] = render._header_fn(None, board.id)
     resolver = env.get_template("src/op_resolver.h.j2").render(
-        ops=["ADD"], custom_ops=[], op_methods={"ADD": "AddAdd"}, own_kernels=render.own_kernels(["ADD"]))
-    assert "sub_kernel" not in resolver and "resolver.AddAdd()" in resolver
+        ops=["RESHAPE"], custom_ops=[], op_methods={"RESHAPE": "AddReshape"},
+        own_kernels=render.own_kernels(["RESHAPE"]))
+    assert "sub_kernel" not in resolver and "resolver.AddReshape()" in resolver
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["tflm-plan", "in-place-plan"])
