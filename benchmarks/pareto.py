@@ -296,6 +296,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated model names")
     parser.add_argument("--measure-only", action="store_true",
                         help="re-run generate/build/emulate on existing exports; keep the accuracy")
+    parser.add_argument("--initial-weights", action="store_true",
+                        help="with --measure-only: where a model has a row but no export (runs/ is gone), measure "
+                             "an export of its config with its initial weights (toolchain.generate.fit."
+                             "export_untrained: same ops, shapes and expert buffers, so the same instructions, "
+                             "flash and arena); the trained run's accuracy columns are kept")
     parser.add_argument("--wait", action="store_true",
                         help="with --stage measure: wait for QRUNs the train stage has not written yet")
     parser.add_argument("--reverse", action="store_true", help="take the family in reverse order (a second stream)")
@@ -315,12 +320,25 @@ def main(argv=None) -> int:
         if args.measure_only:
             rows = read_rows()
             for entry in family:
-                if entry["name"] not in rows or not (paths(entry["name"])["exp"] / "plan.json").is_file():
+                exp = paths(entry["name"])["exp"]
+                initial = False
+                if entry["name"] in rows and not (exp / "plan.json").is_file() and args.initial_weights:
+                    from toolchain.config import config_from_dict
+                    from toolchain.generate.fit import export_untrained
+
+                    log.info("== %s: exporting its config with initial weights", entry["name"])
+                    export_untrained(config_from_dict(family_config(entry)), exp)
+                    initial = True
+                if entry["name"] not in rows or not (exp / "plan.json").is_file():
                     log.info("== %s: no row/export yet, skipped", entry["name"])
                     continue
                 log.info("== %s: re-measuring on the device", entry["name"])
                 row = dict(rows[entry["name"]])
-                row.update(device_stage(entry))
+                device = device_stage(entry)
+                if initial:  # the device's top-1 of initial weights means nothing: keep the trained run's
+                    device.pop("top1_device", None)
+                    device["device_costs_from"] = "initial-weights export (export_untrained)"
+                row.update(device)
                 row["remeasured"] = time.strftime("%Y-%m-%d %H:%M")
                 append_row(row)
                 render()
