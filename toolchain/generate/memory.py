@@ -19,7 +19,9 @@ CODE_RUNTIME_BYTES = 92 * 1024
 CODE_PER_OP_BYTES = 4 * 1024
 CODE_LARGE_OPS = {"CONV_2D": 10 * 1024, "DEPTHWISE_CONV_2D": 10 * 1024, "FULLY_CONNECTED": 6 * 1024,
                   "SOFTMAX": 6 * 1024, "BATCH_MATMUL": 8 * 1024}
-CODE_ROUTEVIT_BYTES = 12 * 1024  # startup, UART, counter, protocol, routing, glue, libc pieces
+# startup, UART, counter, protocol, routing, glue, libc pieces, and routevit's own kernels (their
+# ADD/MUL/RELU loops and tables added ~2 KB: 14 KB keeps the F746 build, the tightest, covered)
+CODE_ROUTEVIT_BYTES = 14 * 1024
 
 
 @dataclass

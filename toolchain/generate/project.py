@@ -310,6 +310,9 @@ def model_context(plan: Plan, board: Board, margin_pct: float | None,
     if any(s != 0 for s, _ in image_readers):
         budget.add("quantized image (read by a segment after the first)", _align(input_bytes), "ram")
     budget.add("stack", stack_bytes, "ram")
+    own_statics = sum(render.OWN_KERNEL_STATIC_BYTES.get(src, 0) for src in ctx["own_kernel_sources"])
+    if own_statics:
+        budget.add("routevit kernels' shared tables", own_statics, "ram")
     budget.add("other statics", OTHER_STATICS_BYTES, "ram", estimate=True)
 
     details = {
