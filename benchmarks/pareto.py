@@ -501,7 +501,16 @@ def markdown(rows, meta, fronts, finding) -> str:
               " Keras model's top-1 on the same split (the float column is then the training run's). Arena: the"
               " generated project's static arena (host-measured + 10%); arena used on device: TFLM's"
               " `MicroAllocator::used_bytes()` on the Cortex-M4 after all segments' AllocateTensors (HELLO).",
-              "", "Pareto fronts (int8 top-1 vs cost):"]
+              ""]
+    remeasured = [r for r in rows if r.get("device_costs_from")]
+    if remeasured:
+        dates = sorted({r.get("remeasured", "?") for r in remeasured})
+        lines += [f"Device columns (instructions, flash, arena) of {len(remeasured)} models were re-measured on "
+                  f"{dates[0][:10]} with that day's firmware on exports of their configs with initial weights "
+                  "(`--measure-only --initial-weights`: the trained exports were gone; ops, shapes and the static "
+                  "expert buffers are the same, so are the costs); their accuracy columns are the trained runs'.",
+                  ""]
+    lines += ["Pareto fronts (int8 top-1 vs cost):"]
     for cost, names in fronts.items():
         lines.append(f"- {cost}: {', '.join(names)}")
     lines += ["", "## The must-show", ""]
