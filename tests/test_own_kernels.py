@@ -2,7 +2,7 @@
 SUB, the fused SiLU) against the wheel.
 
 Each kernel claims to compute exactly what TFLM's reference kernel computes, only faster
-(firmware_templates/project/src/add_kernel.h, relu_kernel.h, logistic_lut_kernel.h, mul_kernel.h,
+(firmware_templates/project/src/conv1x1_kernel.h, add_kernel.h, relu_kernel.h, logistic_lut_kernel.h, mul_kernel.h,
 reduce_kernel.h, binary_int8.h), so the
 wheel is their twin. Real int8 models made by the TFLite converter run in TFLM's MicroInterpreter
 from a host g++ build of the tree, once with routevit's registrations and once with TFLM's, and in
@@ -19,7 +19,7 @@ from host_cc import DRIVERS, compile_program, host_tflm_library, render_template
 
 pytestmark = pytest.mark.tflm
 
-KERNELS = ["add_kernel", "relu_kernel", "binary_int8", "logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
+KERNELS = ["conv1x1_kernel", "add_kernel", "relu_kernel", "binary_int8", "logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
            "silu_kernel", "int8_table"]
 SOURCES = [f"src/{k}.{ext}" for k in KERNELS for ext in ("cc", "h")]
 
@@ -74,6 +74,27 @@ def group_norm_model(shape, value_range, seed):
     return _convert(norm, [shape], [value_range], seed)
 
 
+def conv_model(shape, filters, kernel, value_range, seed, bias_scale=0.5):
+    """Convolutions as the converter writes them (per-channel int8 weights, int32 bias): a plain
+    one, one with a fused RELU6 (a clamp inside int8), and one without bias."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    channels = shape[-1]
+    w1 = rng.normal(0, 0.4, (kernel, kernel, channels, filters)).astype(np.float32)
+    w2 = rng.normal(0, 0.4, (kernel, kernel, channels, filters)).astype(np.float32)
+    w3 = rng.normal(0, 0.4, (kernel, kernel, channels, filters)).astype(np.float32)
+    b1 = rng.normal(0, bias_scale, filters).astype(np.float32)
+    b2 = rng.normal(0, bias_scale, filters).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def conv(x):
+        return (tf.nn.conv2d(x, w1, 1, "SAME") + b1, tf.nn.relu6(tf.nn.conv2d(x, w2, 1, "SAME") + b2),
+                tf.nn.conv2d(x, w3, 1, "SAME"))
+
+    return _convert(conv, [shape], [value_range], seed)
+
+
 def residual_model(shape, value_range, seed):
     """A residual ADD of two same-shape tensors at different scales, RELU, and an ADD with a fused RELU
     over a per-channel MUL."""
@@ -108,6 +129,16 @@ def affine_model(shape, trailing_dims, value_range, seed):
 
 
 MODELS = [
+    ("pointwise conv 16->24 [1,8,8,16]", lambda: conv_model((1, 8, 8, 16), 24, 1, 3.0, 31), {"CONV_2D"}),
+    ("pointwise conv, odd pixels and channels 12->7 [1,5,7,12]", lambda: conv_model((1, 5, 7, 12), 7, 1, 5.0, 32),
+     {"CONV_2D"}),
+    ("pointwise conv 64->65, large bias [1,4,4,64]", lambda: conv_model((1, 4, 4, 64), 65, 1, 2.0, 33, 20.0),
+     {"CONV_2D"}),
+    ("pointwise conv 256->8, the widest the scratch holds [1,3,3,256]",
+     lambda: conv_model((1, 3, 3, 256), 8, 1, 1.0, 39), {"CONV_2D"}),
+    ("pointwise conv 260->4, too wide: TFLM's kernel [1,2,2,260]", lambda: conv_model((1, 2, 2, 260), 4, 1, 1.0, 40),
+     {"CONV_2D"}),
+    ("conv 3x3 and 6 channels: TFLM's kernel", lambda: conv_model((1, 6, 6, 6), 8, 3, 2.0, 34), {"CONV_2D"}),
     ("residual ADD, RELU [1,16,16,16]", lambda: residual_model((1, 16, 16, 16), 4.0, 21), {"ADD", "RELU", "MUL"}),
     ("residual ADD, odd size below the table threshold [1,3,5,7]", lambda: residual_model((1, 3, 5, 7), 2.0, 22),
      {"ADD", "RELU", "MUL"}),
@@ -134,7 +165,7 @@ MODELS = [
 
 @pytest.fixture(scope="module")
 def kernels_exe(tmp_path_factory):
-    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM", "SQUARED_DIFFERENCE", "SUB", "ADD", "RSQRT", "RELU"))
+    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM", "SQUARED_DIFFERENCE", "SUB", "ADD", "RSQRT", "RELU", "CONV_2D"))
     root = tmp_path_factory.mktemp("own_kernels")
     src = render_templates(root / "src", SOURCES)
     return compile_program([src / f"{k}.cc" for k in KERNELS] + [DRIVERS / "own_kernels_driver.cc"],
