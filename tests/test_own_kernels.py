@@ -2,7 +2,7 @@
 SUB, the fused SiLU) against the wheel.
 
 Each kernel claims to compute exactly what TFLM's reference kernel computes, only faster
-(firmware_templates/project/src/conv1x1_kernel.h, add_kernel.h, relu_kernel.h, logistic_lut_kernel.h, mul_kernel.h,
+(firmware_templates/project/src/conv1x1_kernel.h, depthwise3x3_kernel.h, add_kernel.h, relu_kernel.h, logistic_lut_kernel.h, mul_kernel.h,
 reduce_kernel.h, binary_int8.h), so the
 wheel is their twin. Real int8 models made by the TFLite converter run in TFLM's MicroInterpreter
 from a host g++ build of the tree, once with routevit's registrations and once with TFLM's, and in
@@ -19,7 +19,7 @@ from host_cc import DRIVERS, compile_program, host_tflm_library, render_template
 
 pytestmark = pytest.mark.tflm
 
-KERNELS = ["conv1x1_kernel", "add_kernel", "relu_kernel", "binary_int8", "logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
+KERNELS = ["conv1x1_kernel", "depthwise3x3_kernel", "conv_int8", "add_kernel", "relu_kernel", "binary_int8", "logistic_lut_kernel", "mul_kernel", "reduce_kernel", "squared_difference_kernel", "sub_kernel",
            "silu_kernel", "int8_table"]
 SOURCES = [f"src/{k}.{ext}" for k in KERNELS for ext in ("cc", "h")]
 
@@ -95,6 +95,25 @@ def conv_model(shape, filters, kernel, value_range, seed, bias_scale=0.5):
     return _convert(conv, [shape], [value_range], seed)
 
 
+def depthwise_model(shape, stride, padding, value_range, seed, bias_scale=0.5):
+    """3x3 depthwise convolutions as the converter writes them: with bias, with a fused RELU6."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    channels = shape[-1]
+    w1 = rng.normal(0, 0.5, (3, 3, channels, 1)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (3, 3, channels, 1)).astype(np.float32)
+    b1 = rng.normal(0, bias_scale, channels).astype(np.float32)
+    strides = [1, stride, stride, 1]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def depthwise(x):
+        return (tf.nn.depthwise_conv2d(x, w1, strides, padding) + b1,
+                tf.nn.relu6(tf.nn.depthwise_conv2d(x, w2, strides, padding) + b1))
+
+    return _convert(depthwise, [shape], [value_range], seed)
+
+
 def residual_model(shape, value_range, seed):
     """A residual ADD of two same-shape tensors at different scales, RELU, and an ADD with a fused RELU
     over a per-channel MUL."""
@@ -138,6 +157,18 @@ MODELS = [
      lambda: conv_model((1, 3, 3, 256), 8, 1, 1.0, 39), {"CONV_2D"}),
     ("pointwise conv 260->4, too wide: TFLM's kernel [1,2,2,260]", lambda: conv_model((1, 2, 2, 260), 4, 1, 1.0, 40),
      {"CONV_2D"}),
+    ("depthwise 3x3 SAME [1,9,7,16]", lambda: depthwise_model((1, 9, 7, 16), 1, "SAME", 3.0, 35),
+     {"DEPTHWISE_CONV_2D"}),
+    ("depthwise 3x3 stride 2 SAME [1,8,8,32]", lambda: depthwise_model((1, 8, 8, 32), 2, "SAME", 3.0, 36),
+     {"DEPTHWISE_CONV_2D"}),
+    ("depthwise 3x3 stride 2 SAME, odd size, large bias [1,7,5,8]",
+     lambda: depthwise_model((1, 7, 5, 8), 2, "SAME", 4.0, 37, 20.0), {"DEPTHWISE_CONV_2D"}),
+    ("depthwise 3x3 VALID [1,6,6,12]", lambda: depthwise_model((1, 6, 6, 12), 1, "VALID", 2.0, 38),
+     {"DEPTHWISE_CONV_2D"}),
+    ("depthwise 3x3 on 1x2 pixels, every tap a border one [1,1,2,4]",
+     lambda: depthwise_model((1, 1, 2, 4), 1, "SAME", 3.0, 41), {"DEPTHWISE_CONV_2D"}),
+    ("depthwise 3x3, 6 channels: TFLM's kernel [1,5,5,6]", lambda: depthwise_model((1, 5, 5, 6), 1, "SAME", 3.0, 42),
+     {"DEPTHWISE_CONV_2D"}),
     ("conv 3x3 and 6 channels: TFLM's kernel", lambda: conv_model((1, 6, 6, 6), 8, 3, 2.0, 34), {"CONV_2D"}),
     ("residual ADD, RELU [1,16,16,16]", lambda: residual_model((1, 16, 16, 16), 4.0, 21), {"ADD", "RELU", "MUL"}),
     ("residual ADD, odd size below the table threshold [1,3,5,7]", lambda: residual_model((1, 3, 5, 7), 2.0, 22),
@@ -165,7 +196,7 @@ MODELS = [
 
 @pytest.fixture(scope="module")
 def kernels_exe(tmp_path_factory):
-    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM", "SQUARED_DIFFERENCE", "SUB", "ADD", "RSQRT", "RELU", "CONV_2D"))
+    library = host_tflm_library(("LOGISTIC", "MUL", "MEAN", "SUM", "SQUARED_DIFFERENCE", "SUB", "ADD", "RSQRT", "RELU", "CONV_2D", "DEPTHWISE_CONV_2D"))
     root = tmp_path_factory.mktemp("own_kernels")
     src = render_templates(root / "src", SOURCES)
     return compile_program([src / f"{k}.cc" for k in KERNELS] + [DRIVERS / "own_kernels_driver.cc"],

@@ -39,9 +39,13 @@ MODEL_ONLY = {"src/tflm_glue.h", "src/main.cc", "src/model_data.cc", "src/model_
 # Their sources are rendered and built only for a plan that uses the op.
 TABLE_SOURCES = ("src/int8_table.h", "src/int8_table.cc")
 BINARY_SOURCES = ("src/binary_int8.h", "src/binary_int8.cc")
+CONV_SOURCES = ("src/conv_int8.h", "src/conv_int8.cc")
 OWN_KERNELS = {
-    "CONV_2D": {"sources": ("src/conv1x1_kernel.h", "src/conv1x1_kernel.cc", *BINARY_SOURCES),
+    "CONV_2D": {"sources": ("src/conv1x1_kernel.h", "src/conv1x1_kernel.cc", *CONV_SOURCES, *BINARY_SOURCES),
                 "header": "conv1x1_kernel.h", "registration": "routevit::Register_CONV_2D_POINTWISE()"},
+    "DEPTHWISE_CONV_2D": {"sources": ("src/depthwise3x3_kernel.h", "src/depthwise3x3_kernel.cc", *CONV_SOURCES),
+                          "header": "depthwise3x3_kernel.h",
+                          "registration": "routevit::Register_DEPTHWISE_CONV_2D_3X3()"},
     "ADD": {"sources": ("src/add_kernel.h", "src/add_kernel.cc", *BINARY_SOURCES), "header": "add_kernel.h",
             "registration": "routevit::Register_ADD_INT8_LOOP()"},
     "RELU": {"sources": ("src/relu_kernel.h", "src/relu_kernel.cc", *TABLE_SOURCES), "header": "relu_kernel.h",
@@ -72,7 +76,7 @@ OWN_KERNELS = {
 # kernel for that op does (the host measures the arena with TFLM's kernels): op data rounded up
 # to TFLM's 16-byte persistent alignment; the kernels static_assert their op data fits. A SiLU
 # MUL also allocates its 256-entry table (SILU_TABLE_BYTES).
-OWN_KERNEL_BYTES = {"CONV_2D": 16, "ADD": 80, "RELU": 0, "LOGISTIC": 272, "MUL": 16, "MEAN": 32, "SUM": 32, "SUB": 16, "SQUARED_DIFFERENCE": 16,
+OWN_KERNEL_BYTES = {"CONV_2D": 16, "DEPTHWISE_CONV_2D": 16, "ADD": 80, "RELU": 0, "LOGISTIC": 272, "MUL": 16, "MEAN": 32, "SUM": 32, "SUB": 16, "SQUARED_DIFFERENCE": 16,
                     "CUSTOM:ROUTEVIT_SILU": 256}
 SILU_TABLE_BYTES = 256
 # Static RAM of routevit's kernel sources beyond the "other statics" estimate: binary_int8.cc's two
