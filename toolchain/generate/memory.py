@@ -17,7 +17,9 @@ from toolchain.boards import Board
 # the smallest). It was 48 KB of runtime, which undercounted those builds by 17-27%.
 CODE_RUNTIME_BYTES = 92 * 1024
 CODE_PER_OP_BYTES = 4 * 1024
-CODE_LARGE_OPS = {"CONV_2D": 10 * 1024, "DEPTHWISE_CONV_2D": 10 * 1024, "FULLY_CONNECTED": 6 * 1024,
+# CONV_2D and DEPTHWISE_CONV_2D include routevit's pointwise/3x3 paths (conv1x1_kernel.cc,
+# depthwise3x3_kernel.cc, conv_int8.cc: about 1.5 KB each beside TFLM's kernel they wrap).
+CODE_LARGE_OPS = {"CONV_2D": 12 * 1024, "DEPTHWISE_CONV_2D": 12 * 1024, "FULLY_CONNECTED": 6 * 1024,
                   "SOFTMAX": 6 * 1024, "BATCH_MATMUL": 8 * 1024}
 # startup, UART, counter, protocol, routing, glue, libc pieces, and routevit's own kernels (their
 # ADD/MUL/RELU loops and tables added ~2 KB: 14 KB keeps the F746 build, the tightest, covered)
